@@ -1,0 +1,83 @@
+"""On-device view augmentation: per-example random resized crop + rotation as one affine warp."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def affine_matrix(height, width, crop_box, angle):
+  """2x3 matrix mapping output pixel (row, col, 1) to input (row, col).
+
+  The output shows the crop `crop_box = (top, left, crop_h, crop_w)` (in pixel
+  edge coordinates of the input) resized to (height, width), then rotated
+  counter-clockwise by `angle` radians about the image centre (the convention of
+  `scipy.ndimage.rotate`). Identity for crop (0, 0, height, width) and angle 0.
+  """
+  top, left, crop_h, crop_w = crop_box
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  scale_y, scale_x = crop_h / height, crop_w / width
+  # Rotating the output counter-clockwise means sampling the crop at the output
+  # coordinates rotated the other way (rows grow downwards).
+  rotation = jnp.array([[cos, sin], [-sin, cos]])
+  linear = jnp.diag(jnp.stack([scale_y, scale_x])) @ rotation
+  out_centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+  in_centre = jnp.stack([top + crop_h / 2 - 0.5, left + crop_w / 2 - 0.5])
+  offset = in_centre - linear @ out_centre
+  return jnp.concatenate([linear, offset[:, None]], axis=1)
+
+
+def warp_affine(image, matrix):
+  """Bilinear warp of one image [H, W, C] by `matrix`; samples outside read as 0."""
+  height, width, channels = image.shape
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  coords = matrix @ jnp.stack([rows.ravel(), cols.ravel(), jnp.ones(height * width)])
+  row_in, col_in = coords
+  row0, col0 = jnp.floor(row_in), jnp.floor(col_in)
+  flat = image.reshape(height * width, channels)
+  out = jnp.zeros((height * width, channels), image.dtype)
+  for dr in (0, 1):
+    for dc in (0, 1):
+      r, c = row0 + dr, col0 + dc
+      weight = (1 - jnp.abs(row_in - r)) * (1 - jnp.abs(col_in - c))
+      inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+      index = jnp.clip(r, 0, height - 1).astype(jnp.int32) * width + jnp.clip(
+          c, 0, width - 1).astype(jnp.int32)
+      out = out + jnp.where(inside, weight, 0.0)[:, None] * flat[index]
+  return out.reshape(height, width, channels)
+
+
+def sample_crop_and_angle(key, height, width, scale, ratio, max_degrees):
+  """Draws a random resized crop box (torchvision's area/aspect law) and an angle."""
+  k_scale, k_ratio, k_top, k_left, k_angle = jax.random.split(key, 5)
+  area = jax.random.uniform(k_scale, minval=scale[0], maxval=scale[1]) * height * width
+  log_ratio = jax.random.uniform(k_ratio, minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  aspect = jnp.exp(log_ratio)
+  crop_h = jnp.minimum(jnp.sqrt(area / aspect), height)
+  crop_w = jnp.minimum(jnp.sqrt(area * aspect), width)
+  top = jax.random.uniform(k_top) * (height - crop_h)
+  left = jax.random.uniform(k_left) * (width - crop_w)
+  angle = jnp.deg2rad(jax.random.uniform(k_angle, minval=-max_degrees, maxval=max_degrees))
+  return (top, left, crop_h, crop_w), angle
+
+
+def random_view(key, image, config):
+  """One random view of a uint8 image [H, W, C], as float32 in [0, 1]."""
+  height, width, _ = image.shape
+  crop_box, angle = sample_crop_and_angle(
+      key, height, width, config.crop_scale, config.crop_ratio, config.rotation_degrees)
+  return warp_affine(image.astype(jnp.float32) / 255.0,
+                     affine_matrix(height, width, crop_box, angle))
+
+
+def two_views(images, keys, config):
+  """Two independent random views of each image; `keys` holds one key per example.
+
+  Each example's views depend only on its own key, so they do not change with
+  the number of devices the batch is split over.
+  """
+  def views_of(image, key):
+    key1, key2 = jax.random.split(key)
+    return random_view(key1, image, config), random_view(key2, image, config)
+  return jax.vmap(views_of)(images, keys)

@@ -1,0 +1,41 @@
+"""Metrics to WORKDIR/metrics.jsonl and TensorBoard, written by process 0 only."""
+
+import json
+import os
+
+import jax
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir, start_step=0):
+    """Appends to the run's log, dropping entries after `start_step` (a resumed run redoes them)."""
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    path = os.path.join(workdir, "metrics.jsonl")
+    kept = []
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+    self._jsonl = open(path, "w", encoding="utf-8")
+    self._jsonl.writelines(kept)
+    self._summary = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, scalars):
+    """Logs float scalars at `step`."""
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._summary.add_scalar(name, value, global_step=int(step))
+    self._summary.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._summary.close()

@@ -1,0 +1,159 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, callable from notebooks too."""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from cl_jax import checkpointing
+from cl_jax import data
+from cl_jax import metric_logging
+from cl_jax import models
+from cl_jax import parallel
+from cl_jax import train_step as train_step_lib
+
+
+def params_sha256(params):
+  """SHA-256 of the parameters' bytes in a fixed (path-sorted) order."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def select_devices(config):
+  devices = jax.local_devices()
+  if config.num_devices > 0:
+    devices = devices[:config.num_devices]
+  return devices
+
+
+def write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _epoch_permutation(shuffle_key, epoch, num_examples):
+  return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains (resuming from WORKDIR's latest checkpoint if any); returns the results dict.
+
+  Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  devices = select_devices(config)
+  if config.batch_size % len(devices):
+    raise ValueError(f"batch_size={config.batch_size} must divide by the number of devices "
+                     f"({len(devices)})")
+  is_main = jax.process_index() == 0
+
+  train = data.load_split(config.dataset, "train", config.data_dir or data.default_data_dir(),
+                          config.max_train_examples, config.data_download)
+  steps_per_epoch = len(train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
+                     f"({len(train)} examples)")
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.max_steps >= 0:
+    total_steps = min(total_steps, config.max_steps)
+
+  model = models.create_model(config)
+  tx = train_step_lib.create_optimizer(config, steps_per_epoch, total_steps)
+  init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
+  state = train_step_lib.create_train_state(model, tx, init_key, train.images.shape[1:])
+  base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
+
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    tree = checkpointer.restore(start_step, checkpointing.state_to_tree(
+        jax.device_get(state), jax.random.wrap_key_data(base_key)))
+    state, keys = checkpointing.tree_to_state(tree, state)
+    base_key = jax.random.key_data(keys)
+    logging.info("resumed from step %d", start_step)
+  start_step = int(state.step)
+  shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
+
+  dp = parallel.DataParallel(
+      functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS),
+      config.parallel, devices)
+  state = dp.put_state(jax.device_get(state))
+  images = jax.device_put(train.images, dp.replicated_sharding() or devices[0])
+
+  @functools.partial(jax.jit, out_shardings=dp.batch_sharding())
+  def select_batch(images, permutation, step_in_epoch):
+    index = jax.lax.dynamic_slice_in_dim(
+        permutation, step_in_epoch * config.batch_size, config.batch_size)
+    return {"image": images[index], "index": index.astype(jnp.int32)}
+
+  writer = metric_logging.MetricWriter(workdir, start_step)
+  progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
+                  unit="step", dynamic_ncols=True)
+  loss = float("nan")
+  epoch = permutation = None
+  first_step_end = last_log_time = time.perf_counter()
+  train_start = time.perf_counter()
+  last_log_step = start_step
+  for step in range(start_step, total_steps):
+    if step // steps_per_epoch != epoch:
+      epoch = step // steps_per_epoch
+      permutation = _epoch_permutation(shuffle_key, epoch, len(train))
+    batch = select_batch(images, permutation, step % steps_per_epoch)
+    state, metrics = dp.step(state, batch, jax.random.fold_in(augment_key, step))
+    done = step + 1
+    if step == start_step:
+      jax.block_until_ready(metrics)
+      first_step_end = time.perf_counter()
+    if done % config.log_every_steps == 0 or done == total_steps:
+      metrics = jax.device_get(metrics)
+      loss = float(metrics["loss"])
+      now = time.perf_counter()
+      images_per_second = (done - last_log_step) * config.batch_size / (now - last_log_time)
+      last_log_time, last_log_step = now, done
+      writer.write(done, {**metrics, "epoch": done / steps_per_epoch,
+                          "images_per_second": images_per_second})
+      progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
+    progress.update(1)
+    if done % config.checkpoint_every_steps == 0 or done == total_steps:
+      checkpointer.save(done, checkpointing.state_to_tree(dp.get_state(state),
+                                                          jax.random.wrap_key_data(base_key)))
+  jax.block_until_ready(state)
+  loop_end = time.perf_counter()
+  progress.close()
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+
+  host_state = dp.get_state(state)
+  steady_steps = total_steps - start_step - 1
+  steady_seconds = loop_end - first_step_end
+  results = {
+      "final_loss": loss,
+      "steps": total_steps,
+      "epochs": total_steps / steps_per_epoch,
+      "train_seconds": loop_end - train_start,
+      "first_step_seconds": first_step_end - train_start,
+      "images_per_second": (steady_steps * config.batch_size / steady_seconds
+                            if steady_steps > 0 else float("nan")),
+      "num_devices": len(devices),
+      "parallel": config.parallel,
+      "resumed_from_step": start_step,
+      "params_sha256": params_sha256(host_state.params),
+  }
+  if is_main:
+    write_json(os.path.join(workdir, "results.json"), results)
+  return results

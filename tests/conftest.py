@@ -1,0 +1,24 @@
+"""Shared fixtures. Simulates 8 CPU devices; must run before JAX initialises."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Where .ci/run (or the developer) points at the four canonical MNIST IDX files.
+MNIST_IDX_ENV = "MNIST_IDX_DIR"
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory):
+  """A TFDS data dir holding MNIST, imported offline from $MNIST_IDX_DIR once per session."""
+  src = os.environ.get(MNIST_IDX_ENV)
+  if not src or not os.path.isdir(src):
+    pytest.skip(f"set {MNIST_IDX_ENV} to the folder with the MNIST IDX files")
+  from cl_jax.data import import_idx  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  import_idx.import_idx(src, "mnist", data_dir)
+  return data_dir
