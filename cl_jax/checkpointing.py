@@ -45,6 +45,10 @@ class Checkpointer:
     """Restores the checkpoint at `step` into the structure of host pytree `target`."""
     return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
+  def restore_params(self, step):
+    """Only the parameters of the checkpoint at `step`, without knowing the rest's structure."""
+    return self.manager.restore(step, args=ocp.args.StandardRestore())["params"]
+
   def wait(self):
     self.manager.wait_until_finished()
 

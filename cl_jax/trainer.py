@@ -2,7 +2,6 @@
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import time
@@ -14,6 +13,8 @@ from tqdm.auto import tqdm
 
 from cl_jax import checkpointing
 from cl_jax import data
+from cl_jax import evaluation
+from cl_jax import evaluator
 from cl_jax import metric_logging
 from cl_jax import models
 from cl_jax import parallel
@@ -37,11 +38,26 @@ def select_devices(config):
   return devices
 
 
-def write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+class KnnMonitor:
+  """Online cosine k-NN on a held subset, computed on device with the current encoder."""
+
+  def __init__(self, model, train, test, config, devices):
+    bank = min(config.monitor_bank_size, len(train))
+    queries = min(config.monitor_query_size, len(test))
+    self.model, self.devices, self.config = model, devices, config
+    self.bank_images, self.bank_labels = train.images[:bank], jnp.asarray(train.labels[:bank])
+    self.query_images, self.query_labels = test.images[:queries], test.labels[:queries]
+    self.num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    self._predict = jax.jit(evaluation.knn_predict_cosine, static_argnums=(3, 4))
+
+  def accuracy(self, params):
+    embed = functools.partial(evaluation.embed, self.model, params,
+                              batch_size=self.config.eval_batch_size, devices=self.devices)
+    bank, _ = embed(self.bank_images)
+    queries, _ = embed(self.query_images)
+    predictions = self._predict(bank, self.bank_labels, queries, self.config.knn_k,
+                                self.num_classes)
+    return float(np.mean(np.asarray(predictions) == self.query_labels))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -55,14 +71,18 @@ def train_and_evaluate(config, workdir):
   Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json.
   """
   os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
   devices = select_devices(config)
   if config.batch_size % len(devices):
     raise ValueError(f"batch_size={config.batch_size} must divide by the number of devices "
                      f"({len(devices)})")
-  is_main = jax.process_index() == 0
 
-  train = data.load_split(config.dataset, "train", config.data_dir or data.default_data_dir(),
-                          config.max_train_examples, config.data_download)
+  data_dir = config.data_dir or data.default_data_dir()
+  train = data.load_split(config.dataset, "train", data_dir, config.max_train_examples,
+                          config.data_download)
   steps_per_epoch = len(train) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
@@ -100,6 +120,11 @@ def train_and_evaluate(config, workdir):
         permutation, step_in_epoch * config.batch_size, config.batch_size)
     return {"image": images[index], "index": index.astype(jnp.int32)}
 
+  monitor = None
+  if config.eval_every_epochs > 0:
+    test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
+    monitor = KnnMonitor(model, train, test, config, devices)
+
   writer = metric_logging.MetricWriter(workdir, start_step)
   progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
                   unit="step", dynamic_ncols=True)
@@ -128,6 +153,10 @@ def train_and_evaluate(config, workdir):
                           "images_per_second": images_per_second})
       progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
     progress.update(1)
+    if monitor and done % (config.eval_every_epochs * steps_per_epoch) == 0:
+      knn = monitor.accuracy(dp.get_state(state).params)
+      writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
+      progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn:.4f}")
     if done % config.checkpoint_every_steps == 0 or done == total_steps:
       checkpointer.save(done, checkpointing.state_to_tree(dp.get_state(state),
                                                           jax.random.wrap_key_data(base_key)))
@@ -155,5 +184,7 @@ def train_and_evaluate(config, workdir):
       "params_sha256": params_sha256(host_state.params),
   }
   if is_main:
-    write_json(os.path.join(workdir, "results.json"), results)
+    evaluator.write_json(os.path.join(workdir, "results.json"), results)
+  if config.evaluate_at_end:
+    results = evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
   return results

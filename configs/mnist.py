@@ -55,4 +55,15 @@ def get_config():
   config.checkpoint_every_steps = 1000  # Steps between checkpoints (one is always written at the end).
   config.keep_checkpoints = 3  # How many recent checkpoints Orbax keeps.
   config.progress_bar = True  # Show a tqdm progress bar.
+
+  # Evaluation (on the encoder output, never the projection head).
+  config.knn_k = 5  # Neighbours for every k-NN metric.
+  config.eval_every_epochs = 1  # Online k-NN monitor every this many epochs; 0 = off.
+  config.monitor_bank_size = 10000  # Monitor: first this many training images are the k-NN bank.
+  config.monitor_query_size = 2000  # Monitor: first this many test images are the queries.
+  config.evaluate_at_end = True  # Run the full evaluation (cl_jax.evaluate) after training.
+  config.eval_train_examples = -1  # Training images the evaluation fits on; -1 = all (standard).
+  config.eval_batch_size = 1000  # Images per forward pass when embedding a split.
+  config.tsne_points = 1000  # Test embeddings shown in tsne.png.
+  config.cache_dir = ""  # Raw-pixel baseline cache; "" = $CL_JAX_CACHE or ~/.cache/cl_jax.
   return config

@@ -15,6 +15,8 @@ def quick_config(data_dir, **overrides):
   config = mnist_seed.get_config()
   config.data_dir = data_dir
   config.progress_bar = False
+  config.evaluate_at_end = False  # evaluation has tests of its own (test_evaluator.py)
+  config.eval_every_epochs = 0
   for name, value in overrides.items():
     config[name] = value
   return config

@@ -1,0 +1,41 @@
+"""Entry point: python -m cl_jax.evaluate --workdir W
+
+Restores the latest checkpoint of the run in W (with the config it saved) and
+recomputes k-NN, linear probe, raw-pixel baselines, t-SNE, plots, results.json
+and report.md.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from cl_jax import evaluator
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config_path = os.path.join(_WORKDIR.value, "config.json")
+  if not os.path.exists(config_path):
+    print(f"error: {config_path} not found; is {_WORKDIR.value} a cl_jax training workdir?",
+          file=sys.stderr)
+    sys.exit(2)
+  with open(config_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    results = evaluator.evaluate_run(config, _WORKDIR.value)
+  except evaluator.NoCheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(evaluator.results_table(results))
+  print(f"wrote results.json, report.md, tsne.png, loss.png, knn.png to {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,128 @@
+"""Embedding quality: the NumPy bridge, k-NN (scikit-learn and on device), linear probe, t-SNE."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from sklearn.neighbors import KNeighborsClassifier
+from tqdm.auto import tqdm
+
+from cl_jax import losses
+
+# The replaced example's protocol: fit on the first 8,000 test embeddings, predict the rest.
+SEED_PROTOCOL_FIT = 8000
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, images):
+  return model.apply({"params": params}, images.astype(jnp.float32) / 255.0)
+
+
+def embed(model, params, images, batch_size=1000, devices=None, progress=False):
+  """Runs the jitted model over `images` (uint8 [N, H, W, C]) in batches on all devices.
+
+  The NumPy bridge: returns host float32 (features, projections), each [N, dim].
+  """
+  devices = list(devices or jax.local_devices())
+  batch_size = -(-batch_size // len(devices)) * len(devices)  # divisible by device count
+  mesh = Mesh(np.array(devices), ("batch",))
+  split = NamedSharding(mesh, P("batch"))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  features, projections = [], []
+  for start in tqdm(range(0, len(images), batch_size), desc="embedding", disable=not progress,
+                    leave=False):
+    batch = images[start:start + batch_size]
+    count = len(batch)
+    if count < batch_size:  # pad so every batch has one shape: one compilation
+      batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:],
+                                              batch.dtype)])
+    f, p = jax.device_get(_forward(model, params, jax.device_put(batch, split)))
+    features.append(f[:count])
+    projections.append(p[:count])
+  return np.concatenate(features), np.concatenate(projections)
+
+
+def normalize_rows(x):
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):
+  """k-NN accuracy with scikit-learn (uniform votes; ties go to the smallest label).
+
+  `metric="cosine"` ranks by cosine similarity (euclidean on L2-normalised rows,
+  which orders neighbours the same way).
+  """
+  if k > len(fit_x):
+    raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
+  if metric == "cosine":
+    fit_x, query_x = normalize_rows(fit_x), normalize_rows(query_x)
+  elif metric != "euclidean":
+    raise ValueError(f"metric={metric!r}; allowed: euclidean, cosine")
+  classifier = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1)
+  classifier.fit(fit_x, fit_y)
+  return float(np.mean(classifier.predict(query_x) == query_y))
+
+
+def knn_report(train_x, train_y, test_x, test_y, k=5):
+  """Both protocols, euclidean and cosine: `seed` (within the test set) and `train_test`."""
+  fit, query = slice(0, SEED_PROTOCOL_FIT), slice(SEED_PROTOCOL_FIT, None)
+  report = {}
+  for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
+    report["knn_seed" + suffix] = knn_accuracy(test_x[fit], test_y[fit], test_x[query],
+                                               test_y[query], k, metric)
+    report["knn_train_test" + suffix] = knn_accuracy(train_x, train_y, test_x, test_y, k, metric)
+  return report
+
+
+def knn_predict_cosine(bank, bank_labels, queries, k, num_classes):
+  """On-device cosine k-NN: majority vote of the k most similar bank rows.
+
+  Votes are uniform; ties between classes go to the smallest label, as in
+  scikit-learn. Works on jax arrays inside or outside jit.
+  """
+  similarity = losses.l2_normalize(queries) @ losses.l2_normalize(bank).T
+  _, neighbours = jax.lax.top_k(similarity, k)
+  votes = jax.nn.one_hot(bank_labels[neighbours], num_classes).sum(axis=1)
+  return jnp.argmax(votes, axis=1)  # argmax returns the first (smallest) of tied maxima
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1e-4,
+                          steps=300):
+  """Multinomial logistic regression on frozen, standardised features (full-batch L-BFGS)."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  train_x = jnp.asarray((train_x - mean) / std, jnp.float32)
+  test_x = jnp.asarray((test_x - mean) / std, jnp.float32)
+  train_y = jnp.asarray(train_y)
+
+  def objective(params):
+    logits = train_x @ params["w"] + params["b"]
+    return (optax.losses.softmax_cross_entropy_with_integer_labels(logits, train_y).mean()
+            + l2 * jnp.sum(params["w"] ** 2))
+
+  params = {"w": jnp.zeros((train_x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  @jax.jit
+  def run(params):
+    def body(_, carry):
+      params, state = carry
+      value, grad = value_and_grad(params, state=state)
+      updates, state = solver.update(grad, state, params, value=value, grad=grad,
+                                     value_fn=objective)
+      return optax.apply_updates(params, updates), state
+    return jax.lax.fori_loop(0, steps, body, (params, solver.init(params)))[0]
+
+  params = run(params)
+  predictions = jnp.argmax(test_x @ params["w"] + params["b"], axis=1)
+  return float(jnp.mean(predictions == jnp.asarray(test_y)))
+
+
+def tsne_2d(features, seed=0):
+  """2-D t-SNE of `features` with scikit-learn (PCA init, perplexity 30)."""
+  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  return TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(
+      features)

@@ -1,0 +1,113 @@
+"""cl_jax.evaluation against brute-force NumPy k-NN, scikit-learn and direct model calls."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from cl_jax import evaluation
+from cl_jax import models
+from configs import mnist_seed
+
+
+def knn_brute_force(fit_x, fit_y, query_x, k, metric):
+  """Brute-force k-NN: stable sort by distance (ties: lower index first), majority
+  vote, ties between classes to the smallest label."""
+  if metric == "cosine":
+    fit_x = fit_x / np.linalg.norm(fit_x, axis=1, keepdims=True)
+    query_x = query_x / np.linalg.norm(query_x, axis=1, keepdims=True)
+    distance = -(query_x @ fit_x.T)
+  else:
+    distance = ((query_x[:, None, :] - fit_x[None, :, :]) ** 2).sum(-1)
+  predictions = []
+  for row in distance:
+    neighbours = np.argsort(row, kind="stable")[:k]
+    votes = np.bincount(fit_y[neighbours], minlength=fit_y.max() + 1)
+    predictions.append(np.argmax(votes))  # first maximum = smallest label
+  return np.array(predictions)
+
+
+def clustered_data(n, dim, num_classes, seed, spread=2.0):
+  """Gaussian blobs around class centres that depend only on (dim, num_classes)."""
+  centres = np.random.default_rng(dim * 100 + num_classes).normal(size=(num_classes, dim)) * spread
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n)
+  return (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("k", [1, 4, 5, 10])
+def test_knn_accuracy_matches_brute_force(metric, k):
+  fit_x, fit_y = clustered_data(300, 6, 5, seed=k)
+  query_x, query_y = clustered_data(120, 6, 5, seed=100 + k)
+  expected = np.mean(knn_brute_force(fit_x, fit_y, query_x, k, metric) == query_y)
+  got = evaluation.knn_accuracy(fit_x, fit_y, query_x, query_y, k, metric)
+  assert got == pytest.approx(expected, abs=1e-12)  # same predictions, same count
+  assert 0.3 < got < 1.0  # a non-trivial problem
+
+
+@pytest.mark.parametrize("k", [1, 5, 8])
+def test_on_device_cosine_knn_matches_sklearn_and_brute_force(k):
+  fit_x, fit_y = clustered_data(400, 8, 10, seed=k, spread=1.0)
+  query_x, _ = clustered_data(150, 8, 10, seed=50 + k, spread=1.0)
+  predicted = np.asarray(jax.jit(evaluation.knn_predict_cosine, static_argnums=(3, 4))(
+      fit_x, jnp.asarray(fit_y), query_x, k, 10))
+  sklearn = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(
+      evaluation.normalize_rows(fit_x), fit_y).predict(evaluation.normalize_rows(query_x))
+  np.testing.assert_array_equal(predicted, knn_brute_force(fit_x, fit_y, query_x, k, "cosine"))
+  # scikit-learn breaks neighbour-distance ties its own way; none occur in continuous data.
+  np.testing.assert_array_equal(predicted, sklearn)
+
+
+def test_class_vote_ties_go_to_the_smallest_label():
+  # k=2, one neighbour of class 3 (closest) and one of class 1: tie -> label 1.
+  fit_x = np.array([[1.0, 0.0], [0.9, 0.1]], np.float32)
+  fit_y = np.array([3, 1])
+  query = np.array([[1.0, 0.0]], np.float32)
+  assert int(evaluation.knn_predict_cosine(fit_x, jnp.asarray(fit_y), query, 2, 4)[0]) == 1
+  assert knn_brute_force(fit_x, fit_y, query, 2, "cosine")[0] == 1
+  assert KNeighborsClassifier(n_neighbors=2).fit(fit_x, fit_y).predict(query)[0] == 1
+
+
+def test_k_larger_than_fit_set_is_refused():
+  with pytest.raises(ValueError, match="k=6 is larger than the 5 examples"):
+    evaluation.knn_accuracy(np.zeros((5, 2)), np.zeros(5, int), np.zeros((1, 2)), np.zeros(1), 6)
+
+
+def test_knn_report_protocols():
+  train_x, train_y = clustered_data(500, 4, 3, seed=1)
+  test_x, test_y = clustered_data(evaluation.SEED_PROTOCOL_FIT + 300, 4, 3, seed=2)
+  report = evaluation.knn_report(train_x, train_y, test_x, test_y, k=3)
+  fit = slice(0, evaluation.SEED_PROTOCOL_FIT)
+  query = slice(evaluation.SEED_PROTOCOL_FIT, None)
+  expected_seed = np.mean(knn_brute_force(test_x[fit], test_y[fit], test_x[query], 3,
+                                          "euclidean") == test_y[query])
+  expected_cos = np.mean(knn_brute_force(train_x, train_y, test_x, 3, "cosine") == test_y)
+  assert report["knn_seed"] == pytest.approx(expected_seed, abs=1e-12)
+  assert report["knn_train_test_cosine"] == pytest.approx(expected_cos, abs=1e-12)
+
+
+def test_linear_probe_matches_sklearn_logistic_regression():
+  train_x, train_y = clustered_data(2000, 20, 10, seed=3, spread=0.6)
+  test_x, test_y = clustered_data(1000, 20, 10, seed=4, spread=0.6)
+  ours = evaluation.linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10)
+  mean, std = train_x.mean(0), train_x.std(0)
+  reference = LogisticRegression(max_iter=2000).fit((train_x - mean) / std, train_y).score(
+      (test_x - mean) / std, test_y)
+  assert 0.5 < reference < 0.99  # neither trivial nor hopeless
+  # Same model class, slightly different regularisation: within 1.5 points.
+  assert ours == pytest.approx(reference, abs=0.015)
+
+
+def test_embed_on_devices_matches_direct_forward_pass():
+  model = models.create_model(mnist_seed.get_config())
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  images = (np.random.default_rng(0).random((37, 28, 28, 1)) * 255).astype(np.uint8)
+  features, projections = evaluation.embed(model, params, images, batch_size=16,
+                                           devices=jax.devices()[:4])
+  expected_f, expected_p = model.apply({"params": params}, images.astype(np.float32) / 255.0)
+  assert features.shape == (37, 128) and isinstance(features, np.ndarray)
+  np.testing.assert_allclose(features, expected_f, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(projections, expected_p, rtol=1e-5, atol=1e-6)
