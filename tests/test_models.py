@@ -55,3 +55,30 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   reference = models.create_model(mnist_seed.get_config()).apply({"params": params}, x)[1]
   # bf16 activations: ~3 significant digits.
   np.testing.assert_allclose(projections, reference, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("channels,features,size", [(1, 16, 28), (3, 5, 9), (16, 32, 14)])
+def test_conv3x3_matches_xla_conv_value_and_gradients(channels, features, size):
+  rng = np.random.default_rng(channels)
+  x = jnp.asarray(rng.normal(size=(4, size, size, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, channels, features)), jnp.float32)
+  reference = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # float32 sums of 9*C products in another order: 1e-5 relative to the output scale.
+  np.testing.assert_allclose(models.conv3x3(x, kernel), reference(x, kernel), atol=1e-4)
+  cotangent = jnp.asarray(rng.normal(size=(4, size, size, features)), jnp.float32)
+  grads = jax.grad(lambda x, k: jnp.sum(models.conv3x3(x, k) * cotangent), (0, 1))(x, kernel)
+  expected = jax.grad(lambda x, k: jnp.sum(reference(x, k) * cotangent), (0, 1))(x, kernel)
+  np.testing.assert_allclose(grads[0], expected[0], atol=1e-4)
+  # Kernel gradients sum 4*size^2 products: scale the tolerance with that.
+  np.testing.assert_allclose(grads[1], expected[1], atol=1e-5 * 4 * size**2)
+
+
+def test_conv3x3_module_matches_flax_conv():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 10, 10, 3)), jnp.float32)
+  ours = models.Conv3x3(7)
+  flax_conv = nn.Conv(7, (3, 3), padding="SAME")
+  params = ours.init(jax.random.key(0), x)
+  flax_params = flax_conv.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
+  np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
