@@ -14,7 +14,8 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf = tf
     path = os.path.join(workdir, "metrics.jsonl")
     kept = []
     if os.path.exists(path):
@@ -22,7 +23,7 @@ class MetricWriter:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
     self._jsonl = open(path, "w", encoding="utf-8")
     self._jsonl.writelines(kept)
-    self._summary = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, scalars):
     """Logs float scalars at `step`."""
@@ -31,8 +32,9 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
-    for name, value in scalars.items():
-      self._summary.add_scalar(name, value, global_step=int(step))
+    with self._summary.as_default():
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, value, step=int(step))
     self._summary.flush()
 
   def close(self):

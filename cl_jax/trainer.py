@@ -12,7 +12,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cl_jax import checkpointing
+from cl_jax import config_validation
 from cl_jax import data
+from cl_jax import default_config
 from cl_jax import evaluation
 from cl_jax import evaluator
 from cl_jax import metric_logging
@@ -65,28 +67,62 @@ def _epoch_permutation(shuffle_key, epoch, num_examples):
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
 
 
+class OnDeviceTraining:
+  """The data-parallel train step over a dataset held on the devices.
+
+  Each epoch is a fresh permutation (from the shuffle key and the epoch); each
+  step gathers its global batch on device, then runs the mapped train step
+  with the key `fold_in(augment_key, step)`. Nothing depends on earlier calls
+  but the cached permutation, so any step can be run first (resuming).
+  """
+
+  def __init__(self, config, devices, images):
+    self.batch_size = config.batch_size
+    self.num_examples = len(images)
+    self.steps_per_epoch = self.num_examples // self.batch_size
+    self.dp = parallel.DataParallel(
+        functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS),
+        config.parallel, devices)
+    self.images = jax.device_put(images, self.dp.replicated_sharding() or devices[0])
+    self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
+    self._epoch = self._permutation = None
+
+  def _batch(self, images, permutation, step_in_epoch):
+    index = jax.lax.dynamic_slice_in_dim(
+        permutation, step_in_epoch * self.batch_size, self.batch_size)
+    return {"image": images[index], "index": index.astype(jnp.int32)}
+
+  def step(self, state, step, shuffle_key, augment_key):
+    """Runs global step `step` on device-resident `state`; returns (state, metrics)."""
+    epoch = step // self.steps_per_epoch
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
+    batch = self._select_batch(self.images, self._permutation, step % self.steps_per_epoch)
+    return self.dp.step(state, batch, jax.random.fold_in(augment_key, step))
+
+
 def train_and_evaluate(config, workdir):
   """Trains (resuming from WORKDIR's latest checkpoint if any); returns the results dict.
 
   Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json.
   """
-  os.makedirs(workdir, exist_ok=True)
+  devices = select_devices(config)
+  config_validation.validate(config, len(devices), default_config.get_config())
+  config_validation.check_workdir(workdir)
   is_main = jax.process_index() == 0
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json(indent=2))
-  devices = select_devices(config)
-  if config.batch_size % len(devices):
-    raise ValueError(f"batch_size={config.batch_size} must divide by the number of devices "
-                     f"({len(devices)})")
 
   data_dir = config.data_dir or data.default_data_dir()
   train = data.load_split(config.dataset, "train", data_dir, config.max_train_examples,
                           config.data_download)
   steps_per_epoch = len(train) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
-                     f"({len(train)} examples)")
+    raise config_validation.ConfigError(
+        f"config.batch_size={config.batch_size}: larger than the training set "
+        f"({len(train)} examples)")
   total_steps = config.num_epochs * steps_per_epoch
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
@@ -108,17 +144,9 @@ def train_and_evaluate(config, workdir):
   start_step = int(state.step)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
-  dp = parallel.DataParallel(
-      functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS),
-      config.parallel, devices)
+  training = OnDeviceTraining(config, devices, train.images)
+  dp = training.dp
   state = dp.put_state(jax.device_get(state))
-  images = jax.device_put(train.images, dp.replicated_sharding() or devices[0])
-
-  @functools.partial(jax.jit, out_shardings=dp.batch_sharding())
-  def select_batch(images, permutation, step_in_epoch):
-    index = jax.lax.dynamic_slice_in_dim(
-        permutation, step_in_epoch * config.batch_size, config.batch_size)
-    return {"image": images[index], "index": index.astype(jnp.int32)}
 
   monitor = None
   if config.eval_every_epochs > 0:
@@ -129,16 +157,11 @@ def train_and_evaluate(config, workdir):
   progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
                   unit="step", dynamic_ncols=True)
   loss = float("nan")
-  epoch = permutation = None
   first_step_end = last_log_time = time.perf_counter()
   train_start = time.perf_counter()
   last_log_step = start_step
   for step in range(start_step, total_steps):
-    if step // steps_per_epoch != epoch:
-      epoch = step // steps_per_epoch
-      permutation = _epoch_permutation(shuffle_key, epoch, len(train))
-    batch = select_batch(images, permutation, step % steps_per_epoch)
-    state, metrics = dp.step(state, batch, jax.random.fold_in(augment_key, step))
+    state, metrics = training.step(state, step, shuffle_key, augment_key)
     done = step + 1
     if step == start_step:
       jax.block_until_ready(metrics)

@@ -1,15 +1,18 @@
 """The reference set-up of the PyTorch example this project replaces, defects fixed.
 
 SimpleCNN, batch 128, 10 epochs, Adam 1e-3, temperature 0.5, crop 0.8-1.0,
-rotation +-10 degrees; per-example views, correct NT-Xent targets, projection head.
+rotation +-10 degrees; per-example views, correct NT-Xent targets, projection
+head. These are the library defaults, spelled out so the file says what it runs.
+
+  python -m cl_jax.train --config configs/mnist_seed.py --workdir runs/mnist_seed
 """
 
-from configs import mnist
+from cl_jax import default_config
 
 
 def get_config():
   """Returns the reference config."""
-  config = mnist.get_config()
+  config = default_config.get_config()
   config.model.conv_features = (16, 32)
   config.model.convs_per_block = 1
   config.model.dense_features = 128

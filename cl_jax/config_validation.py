@@ -1,0 +1,114 @@
+"""Checks a whole config before any compilation or data loading.
+
+Each problem is reported as one line naming the field, the value given and
+what is allowed; the entry points print it and exit with status 2.
+"""
+
+import os
+
+from cl_jax import evaluation
+from cl_jax import parallel
+
+METHODS = ("simclr",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+NORMS = ("none", "layer")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message is one line."""
+
+
+def _flat_keys(config, prefix=""):
+  keys = set()
+  for name, value in config.items():
+    keys.add(prefix + name)
+    if hasattr(value, "items"):
+      keys |= _flat_keys(value, f"{prefix}{name}.")
+  return keys
+
+
+def _fail(field, value, allowed):
+  raise ConfigError(f"config.{field}={value!r}: {allowed}")
+
+
+def _check_choice(config, field, choices):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  if value not in choices:
+    _fail(field, value, f"allowed: {', '.join(choices)}")
+
+
+def check_dataset(name):
+  """The dataset must be a TFDS builder name (any TFDS 28x28x1 classification set)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    tfds.builder_cls(name)
+  except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
+    _fail("dataset", name, "not a registered TFDS dataset (e.g. mnist, fashion_mnist)")
+
+
+def validate(config, num_devices, reference_config=None):
+  """Raises ConfigError for the first problem found in `config`.
+
+  Args:
+    config: the run config.
+    num_devices: how many devices the run will use.
+    reference_config: the default config whose keys are the known ones.
+  """
+  if reference_config is not None:
+    unknown = sorted(_flat_keys(config) - _flat_keys(reference_config))
+    if unknown:
+      raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+  _check_choice(config, "method", METHODS)
+  _check_choice(config, "parallel", parallel.MODES)
+  _check_choice(config, "optimizer", OPTIMIZERS)
+  _check_choice(config, "lr_schedule", LR_SCHEDULES)
+  _check_choice(config, "model.norm", NORMS)
+  _check_choice(config, "dtype", DTYPES)
+  if not isinstance(config.batch_size, int) or config.batch_size <= 0:
+    _fail("batch_size", config.batch_size, "must be a positive integer")
+  if config.batch_size % num_devices:
+    _fail("batch_size", config.batch_size,
+          f"must divide by the number of devices ({num_devices})")
+  for field in ("temperature", "learning_rate"):
+    if not config[field] > 0:
+      _fail(field, config[field], "must be > 0")
+  for field in ("num_epochs", "weight_decay", "warmup_epochs", "eval_every_epochs"):
+    if config[field] < 0:
+      _fail(field, config[field], "must be >= 0")
+  for field in ("max_steps", "max_train_examples", "eval_train_examples"):
+    if config[field] != -1 and config[field] <= 0:
+      _fail(field, config[field], "must be -1 (no limit) or a positive integer")
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                "eval_batch_size", "monitor_bank_size", "monitor_query_size"):
+    if config[field] <= 0:
+      _fail(field, config[field], "must be a positive integer")
+  lo, hi = config.augment.crop_scale
+  if not 0 < lo <= hi <= 1:
+    _fail("augment.crop_scale", tuple(config.augment.crop_scale), "need 0 < min <= max <= 1")
+  fit_sizes = {"the seed protocol's fit set": evaluation.SEED_PROTOCOL_FIT}
+  if config.eval_every_epochs > 0:
+    fit_sizes["monitor_bank_size"] = config.monitor_bank_size
+  if config.eval_train_examples > 0:
+    fit_sizes["eval_train_examples"] = config.eval_train_examples
+  for name, size in fit_sizes.items():
+    if config.knn_k > size:
+      _fail("knn_k", config.knn_k, f"must be <= {size} ({name})")
+  if config.knn_k <= 0:
+    _fail("knn_k", config.knn_k, "must be a positive integer")
+  check_dataset(config.dataset)
+
+
+def check_workdir(workdir):
+  """The workdir must be creatable and writable."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir!r}: cannot be written ({e.strerror})") from e

@@ -1,0 +1,70 @@
+"""Every config field, with its default: the reference SimCLR-on-MNIST set-up.
+
+The files in configs/ start from `get_config()` here and override fields; a
+field that is not here is unknown and refused. Any field can also be
+overridden on the command line: --config.num_epochs=2 --config.model.norm=layer
+"""
+
+import ml_collections
+
+
+def get_config():
+  """Returns the default config (SimpleCNN, the replaced example's hyper-parameters)."""
+  config = ml_collections.ConfigDict()
+  config.method = "simclr"  # Training method; only "simclr" so far.
+
+  # Data.
+  config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
+  config.data_dir = ""  # TFDS data dir; "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  config.data_download = False  # Let TFDS download a missing dataset (needs internet).
+  config.max_train_examples = -1  # Use only the first this many training images; -1 = all.
+
+  # Views: per example, a random resized crop then a random rotation, one warp.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop_scale = (0.8, 1.0)  # Range of the crop's area, as a fraction of the image.
+  config.augment.crop_ratio = (3 / 4, 4 / 3)  # Range of the crop's aspect ratio (width / height).
+  config.augment.rotation_degrees = 10.0  # Rotation drawn uniformly from +-this many degrees.
+
+  # Model: encoder (evaluated) and projection head (trained on only).
+  config.model = ml_collections.ConfigDict()
+  config.model.conv_features = (16, 32)  # Channels of each conv block (each block ends in a 2x2 max pool).
+  config.model.convs_per_block = 1  # 3x3 convolutions per block.
+  config.model.dense_features = 128  # Size of the embedding (dense + ReLU after the convs).
+  config.model.norm = "none"  # Normalisation after each conv: "none" or "layer".
+  config.model.projection_hidden = (128,)  # Hidden sizes of the projection head MLP.
+  config.model.projection_dim = 64  # Output size of the projection head; 0 = no head (loss on the embedding).
+  config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and loss stay float32.
+
+  # Loss and optimisation.
+  config.temperature = 0.5  # NT-Xent temperature.
+  config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
+  config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
+  config.max_steps = -1  # Stop after this many steps in total; -1 = no limit.
+  config.optimizer = "adam"  # "adam", "adamw" or "sgd" (momentum 0.9).
+  config.learning_rate = 1e-3  # Peak learning rate.
+  config.weight_decay = 0.0  # Decoupled weight decay (adamw only).
+  config.lr_schedule = "constant"  # "constant" or "cosine" (decay to 0 over the run).
+  config.warmup_epochs = 0.0  # Linear warm-up from 0 over this many epochs; 0 = none.
+
+  # Parallelism and reproducibility.
+  config.parallel = "shard_map"  # How the per-device step is mapped: "shard_map" or "pmap".
+  config.num_devices = -1  # Use the first this many local devices; -1 = all.
+  config.seed = 0  # Seeds initialisation, shuffling and augmentation.
+
+  # Logging and checkpoints.
+  config.log_every_steps = 50  # Steps between metrics.jsonl / TensorBoard entries.
+  config.checkpoint_every_steps = 1000  # Steps between checkpoints (one is always written at the end).
+  config.keep_checkpoints = 3  # How many recent checkpoints Orbax keeps.
+  config.progress_bar = True  # Show a tqdm progress bar.
+
+  # Evaluation (on the encoder output, never the projection head).
+  config.knn_k = 5  # Neighbours for every k-NN metric.
+  config.eval_every_epochs = 1  # Online k-NN monitor every this many epochs; 0 = off.
+  config.monitor_bank_size = 10000  # Monitor: first this many training images are the k-NN bank.
+  config.monitor_query_size = 2000  # Monitor: first this many test images are the queries.
+  config.evaluate_at_end = True  # Run the full evaluation (cl_jax.evaluate) after training.
+  config.eval_train_examples = -1  # Training images the evaluation fits on; -1 = all (standard).
+  config.eval_batch_size = 1000  # Images per forward pass when embedding a split.
+  config.tsne_points = 1000  # Test embeddings shown in tsne.png.
+  config.cache_dir = ""  # Raw-pixel baseline cache; "" = $CL_JAX_CACHE or ~/.cache/cl_jax.
+  return config

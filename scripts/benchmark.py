@@ -1,0 +1,184 @@
+"""Training throughput: cl_jax against a PyTorch reference (same model, loss, optimizer, views).
+
+  python scripts/benchmark.py --batch_sizes 128,512 --repeats 3 --out bench.json
+
+Each measurement runs in a fresh child process (so peak memory is its own),
+alternating frameworks and batch sizes repetition by repetition. Images are
+random uint8 28x28 (throughput does not depend on pixel values); an "image"
+is one dataset example, which gives two views. Prints a table and writes JSON.
+It is a benchmark, not a test: nothing here passes or fails on time.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+NUM_IMAGES = 60000
+
+
+def measure_jax(batch_size, steps, warmup, parallel, dtype):
+  """Times cl_jax's on-device training step; returns a dict of measurements."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cl_jax import models, trainer  # pylint: disable=g-import-not-at-top
+  from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from configs import mnist_seed  # pylint: disable=g-import-not-at-top
+
+  config = mnist_seed.get_config()
+  config.batch_size = batch_size
+  config.parallel = parallel
+  config.dtype = dtype
+  devices = jax.local_devices()
+  images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
+  training = trainer.OnDeviceTraining(config, devices, images)
+  model = models.create_model(config)
+  tx = train_step_lib.create_optimizer(config, training.steps_per_epoch,
+                                       10 * training.steps_per_epoch)
+  init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(0), 3)
+  state = training.dp.put_state(
+      train_step_lib.create_train_state(model, tx, init_key, images.shape[1:]))
+
+  start = time.perf_counter()
+  state, metrics = training.step(state, 0, shuffle_key, augment_key)
+  jax.block_until_ready(metrics)
+  first_step = time.perf_counter() - start
+  for step in range(1, warmup + 1):
+    state, metrics = training.step(state, step, shuffle_key, augment_key)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for step in range(warmup + 1, warmup + 1 + steps):
+    state, metrics = training.step(state, step, shuffle_key, augment_key)
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  stats = devices[0].memory_stats() or {}
+  return {"seconds_per_step": seconds / steps, "compile_seconds": first_step - seconds / steps,
+          "device": f"{devices[0].device_kind} x{len(devices)}",
+          "peak_device_bytes": stats.get("peak_bytes_in_use"), "loss": float(metrics["loss"])}
+
+
+def measure_torch(batch_size, steps, warmup):
+  """Times the PyTorch reference's training step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  images = torch.randint(0, 256, (NUM_IMAGES, 1, 28, 28), dtype=torch.uint8)
+  training = torch_reference.TorchTraining(images, batch_size, device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  start = time.perf_counter()
+  loss = training.step(0)
+  sync()
+  first_step = time.perf_counter() - start
+  for step in range(1, warmup + 1):
+    loss = training.step(step)
+  sync()
+  start = time.perf_counter()
+  for step in range(warmup + 1, warmup + 1 + steps):
+    loss = training.step(step)
+  sync()
+  seconds = time.perf_counter() - start
+  name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+  return {"seconds_per_step": seconds / steps, "compile_seconds": first_step - seconds / steps,
+          "device": name, "loss": float(loss),
+          "peak_device_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+
+
+def child(args):
+  if args.framework == "cl_jax":
+    result = measure_jax(args.batch_size, args.steps, args.warmup, args.parallel, args.dtype)
+  else:
+    result = measure_torch(args.batch_size, args.steps, args.warmup)
+  result["images_per_second"] = args.batch_size / result["seconds_per_step"]
+  result["seconds_per_epoch"] = NUM_IMAGES / result["images_per_second"]
+  # ru_maxrss is in KiB on Linux.
+  result["peak_host_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  print("RESULT " + json.dumps(result))
+
+
+def run_child(framework, batch_size, args):
+  command = [sys.executable, os.path.abspath(__file__), "--child", "--framework", framework,
+             "--batch_size", str(batch_size), "--steps", str(args.steps), "--warmup",
+             str(args.warmup), "--parallel", args.parallel, "--dtype", args.dtype]
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root)
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  raise RuntimeError(f"{framework} batch {batch_size} failed:\n{out.stderr[-3000:]}")
+
+
+def median(values):
+  values = sorted(values)
+  return values[len(values) // 2]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_sizes", default="128,512", help="comma-separated global batches")
+  parser.add_argument("--frameworks", default="cl_jax,torch")
+  parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions")
+  parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+  parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])
+  parser.add_argument("--dtype", default="float32", help="cl_jax compute dtype")
+  parser.add_argument("--out", default="", help="write all measurements here as JSON")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--framework", default="cl_jax", help=argparse.SUPPRESS)
+  parser.add_argument("--batch_size", type=int, default=128, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    child(args)
+    return
+
+  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  frameworks = args.frameworks.split(",")
+  runs = {(f, b): [] for f in frameworks for b in batch_sizes}
+  for repeat in range(args.repeats):
+    for batch_size in batch_sizes:
+      for framework in (frameworks if repeat % 2 == 0 else frameworks[::-1]):
+        result = run_child(framework, batch_size, args)
+        runs[(framework, batch_size)].append(result)
+        print(f"repeat {repeat} {framework:7s} batch {batch_size:5d}: "
+              f"{result['images_per_second']:9.0f} img/s", flush=True)
+
+  summary = []
+  for (framework, batch_size), results in runs.items():
+    summary.append({
+        "framework": framework, "batch_size": batch_size, "device": results[0]["device"],
+        "images_per_second": median([r["images_per_second"] for r in results]),
+        "images_per_second_all": [r["images_per_second"] for r in results],
+        "seconds_per_epoch": median([r["seconds_per_epoch"] for r in results]),
+        "compile_seconds": median([r["compile_seconds"] for r in results]),
+        "peak_host_mib": max(r["peak_host_bytes"] for r in results) / 2**20,
+        "peak_device_mib": (max(r["peak_device_bytes"] for r in results) / 2**20
+                            if results[0]["peak_device_bytes"] else None)})
+  print()
+  print("| framework | batch | device | images/s (median) | s/epoch | compile s | "
+        "peak host MiB | peak device MiB | cl_jax / torch |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  speed = {(s["framework"], s["batch_size"]): s["images_per_second"] for s in summary}
+  for s in summary:
+    ratio = ""
+    if s["framework"] == "cl_jax" and ("torch", s["batch_size"]) in speed:
+      ratio = f"{s['images_per_second'] / speed[('torch', s['batch_size'])]:.2f}x"
+    device_mib = f"{s['peak_device_mib']:.0f}" if s["peak_device_mib"] else "-"
+    print(f"| {s['framework']} | {s['batch_size']} | {s['device']} | "
+          f"{s['images_per_second']:.0f} | {s['seconds_per_epoch']:.1f} | "
+          f"{s['compile_seconds']:.1f} | {s['peak_host_mib']:.0f} | {device_mib} | {ratio} |")
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                 "host": platform.node(), "cpu_count": os.cpu_count(),
+                 "args": vars(args), "summary": summary}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,75 @@
+"""cl_jax.config_validation and the entry point's handling of bad input (exit 2, one line)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cl_jax import config_validation
+from cl_jax import default_config
+
+# (override, expected message). The same table is in docs/reliability.md.
+BAD_INPUTS = [
+    ({"batch_size": 0}, "config.batch_size=0: must be a positive integer"),
+    ({"batch_size": -8}, "config.batch_size=-8: must be a positive integer"),
+    ({"batch_size": 100}, "config.batch_size=100: must divide by the number of devices (8)"),
+    ({"temperature": 0.0}, "config.temperature=0.0: must be > 0"),
+    ({"temperature": -0.5}, "config.temperature=-0.5: must be > 0"),
+    ({"learning_rate": 0.0}, "config.learning_rate=0.0: must be > 0"),
+    ({"num_epochs": -1}, "config.num_epochs=-1: must be >= 0"),
+    ({"max_steps": 0}, "config.max_steps=0: must be -1 (no limit) or a positive integer"),
+    ({"method": "barlow"}, "config.method='barlow': allowed: simclr"),
+    ({"parallel": "pjit"}, "config.parallel='pjit': allowed: shard_map, pmap"),
+    ({"dataset": "mnistt"},
+     "config.dataset='mnistt': not a registered TFDS dataset (e.g. mnist, fashion_mnist)"),
+    ({"knn_k": 9000}, "config.knn_k=9000: must be <= 8000 (the seed protocol's fit set)"),
+    ({"monitor_bank_size": 3, "knn_k": 5}, "config.knn_k=5: must be <= 3 (monitor_bank_size)"),
+    ({"optimizer": "lamb"}, "config.optimizer='lamb': allowed: adam, adamw, sgd"),
+    ({"dtype": "float16"}, "config.dtype='float16': allowed: float32, bfloat16"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS)
+def test_bad_values_are_named(overrides, message):
+  config = default_config.get_config()
+  for field, value in overrides.items():
+    config[field] = value
+  with pytest.raises(config_validation.ConfigError) as info:
+    config_validation.validate(config, 8, default_config.get_config())
+  assert str(info.value) == message
+
+
+def test_unknown_keys_are_refused():
+  config = default_config.get_config()
+  config.augment.shear = 0.3
+  config.lr = 1.0
+  with pytest.raises(config_validation.ConfigError, match="unknown config keys: augment.shear, lr"):
+    config_validation.validate(config, 1, default_config.get_config())
+
+
+def test_defaults_are_valid():
+  config_validation.validate(default_config.get_config(), 8, default_config.get_config())
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(config_validation.ConfigError, match="--workdir=.*cannot be written"):
+    config_validation.check_workdir(str(blocker / "run"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.temperature=-1"], "error: config.temperature=-1.0: must be > 0"),
+    (["--config.lr=1"], "error: unknown config key"),
+    (["--config.batch_size=abc"], "error: flag --config.batch_size=abc"),
+])
+def test_command_line_exits_2_with_one_line(tmp_path, args, message):
+  proc = subprocess.run(
+      [sys.executable, "-m", "cl_jax.train", "--config", "configs/mnist.py", "--workdir",
+       str(tmp_path / "w")] + args, capture_output=True, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 2
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(message), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
