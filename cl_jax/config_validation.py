@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 NORMS = ("none", "layer")
 DTYPES = ("float32", "bfloat16")
+RESUME_MODES = ("auto", "force")
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,7 @@ def validate(config, num_devices, reference_config=None):
   _check_choice(config, "lr_schedule", LR_SCHEDULES)
   _check_choice(config, "model.norm", NORMS)
   _check_choice(config, "dtype", DTYPES)
+  _check_choice(config, "resume", RESUME_MODES)
   if not isinstance(config.batch_size, int) or config.batch_size <= 0:
     _fail("batch_size", config.batch_size, "must be a positive integer")
   if config.batch_size % num_devices:

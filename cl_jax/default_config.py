@@ -55,6 +55,8 @@ def get_config():
   config.log_every_steps = 50  # Steps between metrics.jsonl / TensorBoard entries.
   config.checkpoint_every_steps = 1000  # Steps between checkpoints (one is always written at the end).
   config.keep_checkpoints = 3  # How many recent checkpoints Orbax keeps.
+  config.resume = "auto"  # "auto": resume a workdir written with the same config, refuse another;
+  #                         "force": resume whatever config wrote it.
   config.progress_bar = True  # Show a tqdm progress bar.
 
   # Evaluation (on the encoder output, never the projection head).

@@ -6,6 +6,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cl_jax import checkpointing
 from cl_jax import config_validation
 from cl_jax import data
 from cl_jax import trainer
@@ -32,9 +33,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (config_validation.ConfigError, data.DatasetNotPreparedError) as e:
+  except (config_validation.ConfigError, data.DatasetNotPreparedError,
+          checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except trainer.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  except trainer.Preempted as e:
+    print(f"stopped: {e}; re-run the same command to resume", file=sys.stderr)
+    sys.exit(128 + e.signum)  # the shell's convention for death by that signal
 
 
 if __name__ == "__main__":

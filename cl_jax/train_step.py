@@ -56,7 +56,7 @@ def train_step(state, batch, rng, *, config, axis_name=None):
     config: the run config (static).
     axis_name: the devices' named axis, or None on a single device.
   Returns:
-    (new state, {"loss", "grad_norm"}), identical on every device.
+    (new state, {"loss", "grad_norm", "param_norm"}), identical on every device.
   """
   keys = example_keys(rng, batch["index"])
   view1, view2 = augment.two_views(batch["image"], keys, config.augment)
@@ -67,5 +67,8 @@ def train_step(state, batch, rng, *, config, axis_name=None):
   if axis_name is not None:
     # Equal shards: the mean of per-device means is the global mean.
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-  return state.apply_gradients(grads=grads), metrics
+  state = state.apply_gradients(grads=grads)
+  # param_norm lets the loop refuse to checkpoint parameters that overflowed.
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(state.params)}
+  return state, metrics

@@ -1,9 +1,11 @@
 """The training loop: `train_and_evaluate(config, workdir)`, callable from notebooks too."""
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
+import signal
 import time
 
 import jax
@@ -102,6 +104,56 @@ class OnDeviceTraining:
     return self.dp.step(state, batch, jax.random.fold_in(augment_key, step))
 
 
+class NonFiniteError(FloatingPointError):
+  """The loss or the gradient became NaN or Inf."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
+
+  def __init__(self, signum, step):
+    super().__init__(f"{signal.Signals(signum).name} received; saved a checkpoint at step {step}")
+    self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """Turns SIGTERM / SIGINT into a flag the loop polls between steps (main thread only)."""
+  received = []
+  handler = lambda signum, frame: received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
+
+
+def check_finite(step, metrics):
+  """Raises NonFiniteError naming `step` if its loss, gradient or parameters are not finite."""
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not all(np.isfinite(list(values.values()))):
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+    raise NonFiniteError(f"non-finite values at step {step}: {shown}; stopped, the last good "
+                         "checkpoint is kept")
+
+
+def check_resumable(workdir, config):
+  """Refuses (CheckpointError) to resume a workdir written by a different config."""
+  path = os.path.join(workdir, "config.json")
+  if config.resume == "force" or not os.path.exists(path):
+    return
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    return
+  with open(path, encoding="utf-8") as f:
+    differences = checkpointing.config_differences(f.read(), config)
+  if differences:
+    listed = "; ".join(f"{k}: {saved!r} -> {now!r}" for k, (saved, now) in differences.items())
+    raise checkpointing.CheckpointError(
+        f"{workdir} holds a run of a different config ({listed}); use another workdir, or "
+        "--config.resume=force to resume it anyway")
+
+
 def train_and_evaluate(config, workdir):
   """Trains (resuming from WORKDIR's latest checkpoint if any); returns the results dict.
 
@@ -110,6 +162,7 @@ def train_and_evaluate(config, workdir):
   devices = select_devices(config)
   config_validation.validate(config, len(devices), default_config.get_config())
   config_validation.check_workdir(workdir)
+  check_resumable(workdir, config)
   is_main = jax.process_index() == 0
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -134,13 +187,12 @@ def train_and_evaluate(config, workdir):
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    tree = checkpointer.restore(start_step, checkpointing.state_to_tree(
-        jax.device_get(state), jax.random.wrap_key_data(base_key)))
+  restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
+      jax.device_get(state), jax.random.wrap_key_data(base_key)))
+  if tree is not None:
     state, keys = checkpointing.tree_to_state(tree, state)
     base_key = jax.random.key_data(keys)
-    logging.info("resumed from step %d", start_step)
+    logging.info("resumed from step %d", restored_step)
   start_step = int(state.step)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
@@ -160,35 +212,51 @@ def train_and_evaluate(config, workdir):
   first_step_end = last_log_time = time.perf_counter()
   train_start = time.perf_counter()
   last_log_step = start_step
-  for step in range(start_step, total_steps):
-    state, metrics = training.step(state, step, shuffle_key, augment_key)
-    done = step + 1
-    if step == start_step:
-      jax.block_until_ready(metrics)
-      first_step_end = time.perf_counter()
-    if done % config.log_every_steps == 0 or done == total_steps:
-      metrics = jax.device_get(metrics)
-      loss = float(metrics["loss"])
-      now = time.perf_counter()
-      images_per_second = (done - last_log_step) * config.batch_size / (now - last_log_time)
-      last_log_time, last_log_step = now, done
-      writer.write(done, {**metrics, "epoch": done / steps_per_epoch,
-                          "images_per_second": images_per_second})
-      progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
-    progress.update(1)
-    if monitor and done % (config.eval_every_epochs * steps_per_epoch) == 0:
-      knn = monitor.accuracy(dp.get_state(state).params)
-      writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
-      progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn:.4f}")
-    if done % config.checkpoint_every_steps == 0 or done == total_steps:
-      checkpointer.save(done, checkpointing.state_to_tree(dp.get_state(state),
-                                                          jax.random.wrap_key_data(base_key)))
-  jax.block_until_ready(state)
-  loop_end = time.perf_counter()
-  progress.close()
-  checkpointer.wait()
-  checkpointer.close()
-  writer.close()
+  previous = None  # (step, metrics) checked once the next step is queued: no pipeline stall
+
+  def save(step):
+    checkpointer.save(step, checkpointing.state_to_tree(dp.get_state(state),
+                                                        jax.random.wrap_key_data(base_key)))
+
+  try:
+    with stop_requests() as stop:
+      for step in range(start_step, total_steps):
+        state, metrics = training.step(state, step, shuffle_key, augment_key)
+        done = step + 1
+        if previous:
+          check_finite(*previous)
+        previous = (done, metrics)
+        if step == start_step:
+          jax.block_until_ready(metrics)
+          first_step_end = time.perf_counter()
+        if done % config.log_every_steps == 0 or done == total_steps:
+          metrics = jax.device_get(metrics)
+          loss = float(metrics["loss"])
+          now = time.perf_counter()
+          images_per_second = (done - last_log_step) * config.batch_size / (now - last_log_time)
+          last_log_time, last_log_step = now, done
+          writer.write(done, {**metrics, "epoch": done / steps_per_epoch,
+                              "images_per_second": images_per_second})
+          progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
+        progress.update(1)
+        if monitor and done % (config.eval_every_epochs * steps_per_epoch) == 0:
+          knn = monitor.accuracy(dp.get_state(state).params)
+          writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
+          progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn:.4f}")
+        if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:
+          check_finite(*previous)  # never checkpoint a broken state
+          save(done)
+        if stop:
+          raise Preempted(stop[0], done)
+      if previous:
+        check_finite(*previous)
+      jax.block_until_ready(state)
+      loop_end = time.perf_counter()
+  finally:
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
 
   host_state = dp.get_state(state)
   steady_steps = total_steps - start_step - 1
