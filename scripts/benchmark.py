@@ -90,7 +90,46 @@ def measure_torch(batch_size, steps, warmup):
           "peak_device_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
 
 
+def measure_overheads(repeats=3):
+  """Seconds per call of the online k-NN monitor and of one checkpoint save (SimpleCNN)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cl_jax import checkpointing, data, models, trainer  # pylint: disable=g-import-not-at-top
+  from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from configs import mnist_seed  # pylint: disable=g-import-not-at-top
+
+  config = mnist_seed.get_config()
+  rng = np.random.default_rng(0)
+  fake = lambda n: data.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                              rng.integers(0, 10, n).astype(np.int32))
+  model = models.create_model(config)
+  state = train_step_lib.create_train_state(model, train_step_lib.create_optimizer(config, 1, 1),
+                                            jax.random.key(0), (28, 28, 1))
+  monitor = trainer.KnnMonitor(model, fake(config.monitor_bank_size),
+                               fake(config.monitor_query_size), config, jax.local_devices())
+  monitor.accuracy(state.params)  # compile
+  start = time.perf_counter()
+  for _ in range(repeats):
+    monitor.accuracy(state.params)
+  monitor_seconds = (time.perf_counter() - start) / repeats
+  with tempfile.TemporaryDirectory() as workdir:
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=3)
+    tree = checkpointing.state_to_tree(jax.device_get(state), jax.random.key(0))
+    start = time.perf_counter()
+    for step in range(1, repeats + 1):
+      checkpointer.save(step, tree)
+      checkpointer.wait()
+    checkpoint_seconds = (time.perf_counter() - start) / repeats
+    checkpointer.close()
+  return {"monitor_seconds": monitor_seconds, "checkpoint_seconds": checkpoint_seconds,
+          "monitor_examples": config.monitor_bank_size + config.monitor_query_size}
+
+
 def child(args):
+  if args.framework == "overheads":
+    print("RESULT " + json.dumps(measure_overheads()))
+    return
   if args.framework == "cl_jax":
     result = measure_jax(args.batch_size, args.steps, args.warmup, args.parallel, args.dtype)
   else:
@@ -130,6 +169,8 @@ def main():
   parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])
   parser.add_argument("--dtype", default="float32", help="cl_jax compute dtype")
   parser.add_argument("--out", default="", help="write all measurements here as JSON")
+  parser.add_argument("--overheads", action="store_true",
+                      help="also time the online k-NN monitor and a checkpoint save")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--framework", default="cl_jax", help=argparse.SUPPRESS)
   parser.add_argument("--batch_size", type=int, default=128, help=argparse.SUPPRESS)
@@ -173,11 +214,17 @@ def main():
     print(f"| {s['framework']} | {s['batch_size']} | {s['device']} | "
           f"{s['images_per_second']:.0f} | {s['seconds_per_epoch']:.1f} | "
           f"{s['compile_seconds']:.1f} | {s['peak_host_mib']:.0f} | {device_mib} | {ratio} |")
+  overheads = None
+  if args.overheads:
+    overheads = run_child("overheads", 0, args)
+    print(f"\nonline k-NN monitor ({overheads['monitor_examples']} images embedded + k-NN): "
+          f"{overheads['monitor_seconds']:.2f} s per call (once per epoch by default); "
+          f"checkpoint save (synchronous wait): {overheads['checkpoint_seconds']:.3f} s")
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                  "host": platform.node(), "cpu_count": os.cpu_count(),
-                 "args": vars(args), "summary": summary}, f, indent=2)
+                 "args": vars(args), "summary": summary, "overheads": overheads}, f, indent=2)
 
 
 if __name__ == "__main__":
