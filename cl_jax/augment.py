@@ -1,4 +1,5 @@
-"""On-device view augmentation: per-example random resized crop + rotation as one affine warp."""
+"""On-device view augmentation: per-example random resized crop, rotation and shear as one
+affine warp, optionally with an elastic distortion added to the sampling grid."""
 
 import math
 
@@ -6,13 +7,15 @@ import jax
 import jax.numpy as jnp
 
 
-def affine_matrix(height, width, crop_box, angle):
+def affine_matrix(height, width, crop_box, angle, shear=0.0):
   """2x3 matrix mapping output pixel (row, col, 1) to input (row, col).
 
   The output shows the crop `crop_box = (top, left, crop_h, crop_w)` (in pixel
   edge coordinates of the input) resized to (height, width), then rotated
   counter-clockwise by `angle` radians about the image centre (the convention of
-  `scipy.ndimage.rotate`). Identity for crop (0, 0, height, width) and angle 0.
+  `scipy.ndimage.rotate`), sampled along columns slanted by `shear` radians
+  (col_in = col + tan(shear) * row, about the centre). Identity for crop
+  (0, 0, height, width), angle 0 and shear 0.
   """
   top, left, crop_h, crop_w = crop_box
   cos, sin = jnp.cos(angle), jnp.sin(angle)
@@ -20,19 +23,26 @@ def affine_matrix(height, width, crop_box, angle):
   # Rotating the output counter-clockwise means sampling the crop at the output
   # coordinates rotated the other way (rows grow downwards).
   rotation = jnp.array([[cos, sin], [-sin, cos]])
-  linear = jnp.diag(jnp.stack([scale_y, scale_x])) @ rotation
+  slant = jnp.array([[1.0, 0.0], [jnp.tan(shear), 1.0]])
+  linear = jnp.diag(jnp.stack([scale_y, scale_x])) @ rotation @ slant
   out_centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
   in_centre = jnp.stack([top + crop_h / 2 - 0.5, left + crop_w / 2 - 0.5])
   offset = in_centre - linear @ out_centre
   return jnp.concatenate([linear, offset[:, None]], axis=1)
 
 
-def warp_affine(image, matrix):
-  """Bilinear warp of one image [H, W, C] by `matrix`; samples outside read as 0."""
+def warp_affine(image, matrix, displacement=None):
+  """Bilinear warp of one image [H, W, C] by `matrix`; samples outside read as 0.
+
+  `displacement` ([H, W, 2] input pixels, optional) is added to the sampling
+  position of each output pixel after the affine map (an elastic distortion).
+  """
   height, width, channels = image.shape
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                             jnp.arange(width, dtype=jnp.float32), indexing="ij")
   coords = matrix @ jnp.stack([rows.ravel(), cols.ravel(), jnp.ones(height * width)])
+  if displacement is not None:
+    coords = coords + displacement.reshape(height * width, 2).T
   row_in, col_in = coords
   row0, col0 = jnp.floor(row_in), jnp.floor(col_in)
   flat = image.reshape(height * width, channels)
@@ -62,13 +72,27 @@ def sample_crop_and_angle(key, height, width, scale, ratio, max_degrees):
   return (top, left, crop_h, crop_w), angle
 
 
+def elastic_displacement(key, height, width, alpha, grid):
+  """Smooth random displacement field [H, W, 2]: N(0, alpha^2) pixel offsets on a
+  grid x grid lattice, upsampled bicubically (a cheap elastic distortion)."""
+  coarse = alpha * jax.random.normal(key, (grid, grid, 2))
+  return jax.image.resize(coarse, (height, width, 2), method="cubic")
+
+
 def random_view(key, image, config):
   """One random view of a uint8 image [H, W, C], as float32 in [0, 1]."""
   height, width, _ = image.shape
+  k_affine, k_shear, k_elastic = jax.random.split(key, 3)
   crop_box, angle = sample_crop_and_angle(
-      key, height, width, config.crop_scale, config.crop_ratio, config.rotation_degrees)
+      k_affine, height, width, config.crop_scale, config.crop_ratio, config.rotation_degrees)
+  shear = jnp.deg2rad(jax.random.uniform(k_shear, minval=-config.shear_degrees,
+                                         maxval=config.shear_degrees))
+  displacement = None
+  if config.elastic_alpha > 0:
+    displacement = elastic_displacement(k_elastic, height, width, config.elastic_alpha,
+                                        config.elastic_grid)
   return warp_affine(image.astype(jnp.float32) / 255.0,
-                     affine_matrix(height, width, crop_box, angle))
+                     affine_matrix(height, width, crop_box, angle, shear), displacement)
 
 
 def two_views(images, keys, config):

@@ -24,6 +24,9 @@ def get_config():
   config.augment.crop_scale = (0.8, 1.0)  # Range of the crop's area, as a fraction of the image.
   config.augment.crop_ratio = (3 / 4, 4 / 3)  # Range of the crop's aspect ratio (width / height).
   config.augment.rotation_degrees = 10.0  # Rotation drawn uniformly from +-this many degrees.
+  config.augment.shear_degrees = 0.0  # Horizontal shear (slant) drawn from +-this many degrees.
+  config.augment.elastic_alpha = 0.0  # Elastic distortion: std of the offsets in pixels; 0 = off.
+  config.augment.elastic_grid = 4  # Elastic distortion: offsets drawn on a grid x grid lattice.
 
   # Model: encoder (evaluated) and projection head (trained on only).
   config.model = ml_collections.ConfigDict()

@@ -12,9 +12,10 @@ from cl_jax import augment
 warp = jax.jit(augment.warp_affine)
 
 
-def augment_config(scale=(0.5, 1.0), degrees=20.0):
+def augment_config(scale=(0.5, 1.0), degrees=20.0, shear=10.0, elastic_alpha=1.0):
   return ml_collections.ConfigDict(
-      {"crop_scale": scale, "crop_ratio": (3 / 4, 4 / 3), "rotation_degrees": degrees})
+      {"crop_scale": scale, "crop_ratio": (3 / 4, 4 / 3), "rotation_degrees": degrees,
+       "shear_degrees": shear, "elastic_alpha": elastic_alpha, "elastic_grid": 4})
 
 
 def random_image(seed=0, shape=(28, 28, 1)):
@@ -116,3 +117,38 @@ def test_views_depend_only_on_each_examples_key():
   # Same per-example computation on a sub-batch; only XLA's vectorisation may differ.
   np.testing.assert_allclose(full[0][4:], half[0], atol=1e-6)
   np.testing.assert_allclose(full[1][4:], half[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("degrees", [8.0, -15.0])
+def test_shear_matches_scipy_affine_transform(degrees):
+  """Slant about the centre: input col = col + tan(shear) * (row - centre row)."""
+  image = random_image(5)
+  shear = np.deg2rad(degrees)
+  got = np.asarray(warp(image, augment.affine_matrix(28, 28, (0.0, 0.0, 28.0, 28.0), 0.0,
+                                                     shear)))[..., 0]
+  matrix = np.array([[1.0, 0.0], [np.tan(shear), 1.0]])
+  centre = np.array([13.5, 13.5])
+  expected = scipy.ndimage.affine_transform(image[..., 0].astype(np.float64), matrix,
+                                            offset=centre - matrix @ centre, order=1,
+                                            mode="grid-constant", cval=0.0)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_constant_displacement_is_a_shift_with_zero_fill():
+  image = random_image(6)
+  displacement = np.broadcast_to(np.array([2.0, -3.0], np.float32), (28, 28, 2))
+  identity = augment.affine_matrix(28, 28, (0.0, 0.0, 28.0, 28.0), 0.0)
+  got = np.asarray(jax.jit(augment.warp_affine)(image, identity, displacement))
+  expected = np.zeros_like(image)
+  expected[:26, 3:] = image[2:, :25]  # out[r, c] = in[r + 2, c - 3]
+  np.testing.assert_array_equal(got, expected)  # integer offsets: exact
+
+
+def test_elastic_field_is_smooth_and_scaled():
+  fields = jax.vmap(lambda k: augment.elastic_displacement(k, 28, 28, 2.0, 4))(
+      jax.random.split(jax.random.key(0), 200))
+  fields = np.asarray(fields)
+  # Bicubic upsampling of N(0, 2^2) lattice values: spread of the same order...
+  assert 1.0 < fields.std() < 2.5
+  # ...and smooth: neighbouring pixels move almost together.
+  assert np.abs(np.diff(fields, axis=1)).mean() < 0.2 * np.abs(fields).mean()
