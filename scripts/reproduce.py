@@ -69,7 +69,9 @@ def write_report(path, runs, raw):
   lines = [
       "# Representation quality on MNIST",
       "",
-      f"Written by `scripts/reproduce.py` on {datetime.date.today().isoformat()}.",
+      f"Written by `scripts/reproduce.py` on {datetime.date.today().isoformat()} "
+      "(`python scripts/reproduce.py [--data_dir TFDS_DIR]`); each config trained from "
+      "scratch, then evaluated, alone on the machine.",
       f"Machine: {machine()}.",
       "",
       "k = 5 throughout. `seed`: k-NN fit on the first 8,000 test images, predicting the last",
