@@ -85,6 +85,8 @@ def run_campaign(command, workdir, reference_command, reference_workdir, kills, 
     proc.wait()
     survived += 1
     kill_points.append({"after_lines": wait_lines, "delay_s": round(delay, 3)})
+    print(f"kill {survived}/{kills}: {wait_lines} new log lines + {delay:.2f} s into attempt "
+          f"{attempts}", flush=True)
   final = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
   if final.returncode != 0:
     raise RuntimeError(f"resume after {survived} kills failed:\n{final.stderr[-3000:]}")
