@@ -1,7 +1,6 @@
 """cl_jax.augment against scipy.ndimage and a NumPy crop-and-resize reference."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

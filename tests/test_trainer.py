@@ -8,6 +8,7 @@ import pytest
 
 from cl_jax import checkpointing
 from cl_jax import trainer
+from cl_jax.evaluator import read_metrics
 from configs import mnist_seed
 
 
@@ -20,11 +21,6 @@ def quick_config(data_dir, **overrides):
   for name, value in overrides.items():
     config[name] = value
   return config
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
 
 
 @pytest.mark.slow
