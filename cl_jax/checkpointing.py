@@ -8,21 +8,33 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cl_jax import multihost
+
 
 def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+# ContrastiveState fields that only some methods use (None otherwise: not saved).
+_METHOD_FIELDS = ("momentum_params", "queue", "queue_next")
+
+
 def state_to_tree(state, rng):
-  """The host pytree that is checkpointed: step, params, optimizer state, base key."""
-  return {"step": np.asarray(state.step), "params": state.params,
+  """The host pytree that is checkpointed: step, params, optimizer state, base key, and
+  the method's momentum network and queue where it has them."""
+  tree = {"step": np.asarray(state.step), "params": state.params,
           "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng))}
+  for field in _METHOD_FIELDS:
+    if getattr(state, field, None) is not None:
+      tree[field] = getattr(state, field)
+  return tree
 
 
 def tree_to_state(tree, state_template):
   """Inverse of `state_to_tree`: returns (state, base key)."""
   state = state_template.replace(step=tree["step"], params=tree["params"],
-                                 opt_state=tree["opt_state"])
+                                 opt_state=tree["opt_state"],
+                                 **{f: tree[f] for f in _METHOD_FIELDS if f in tree})
   return state, jax.random.wrap_key_data(tree["rng"])
 
 
@@ -101,9 +113,11 @@ class Checkpointer:
   def _set_aside(self, steps):
     """Renames unreadable step folders so that Orbax saves newer steps again."""
     self.manager.close()
-    for step in steps:
-      os.replace(os.path.join(self.directory, str(step)),
-                 os.path.join(self.directory, f"corrupt-{step}"))
+    if multihost.is_main_process():
+      for step in steps:
+        os.replace(os.path.join(self.directory, str(step)),
+                   os.path.join(self.directory, f"corrupt-{step}"))
+    multihost.barrier("corrupt_checkpoints_set_aside")
     self.manager = self._open()
 
   def latest_step(self):

@@ -7,9 +7,9 @@ what is allowed; the entry points print it and exit with status 2.
 import os
 
 from cl_jax import evaluation
+from cl_jax import methods
 from cl_jax import parallel
 
-METHODS = ("simclr",)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 NORMS = ("none", "layer")
@@ -51,25 +51,31 @@ def check_dataset(name):
     _fail("dataset", name, "not a registered TFDS dataset (e.g. mnist, fashion_mnist)")
 
 
-def validate(config, num_devices, reference_config=None):
+def validate(config, num_devices, reference_config=None, num_processes=1):
   """Raises ConfigError for the first problem found in `config`.
 
   Args:
     config: the run config.
-    num_devices: how many devices the run will use.
+    num_devices: how many devices the run will use (all processes together).
     reference_config: the default config whose keys are the known ones.
+    num_processes: how many JAX processes run it (jax.distributed).
   """
   if reference_config is not None:
     unknown = sorted(_flat_keys(config) - _flat_keys(reference_config))
     if unknown:
       raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-  _check_choice(config, "method", METHODS)
+  _check_choice(config, "method", methods.METHODS)
   _check_choice(config, "parallel", parallel.MODES)
   _check_choice(config, "optimizer", OPTIMIZERS)
   _check_choice(config, "lr_schedule", LR_SCHEDULES)
   _check_choice(config, "model.norm", NORMS)
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "resume", RESUME_MODES)
+  if num_processes > 1:
+    if config.parallel != "shard_map":
+      _fail("parallel", config.parallel, "several processes need shard_map")
+    if config.num_devices != -1:
+      _fail("num_devices", config.num_devices, "several processes use every device: need -1")
   if not isinstance(config.batch_size, int) or config.batch_size <= 0:
     _fail("batch_size", config.batch_size, "must be a positive integer")
   if config.batch_size % num_devices:
@@ -88,6 +94,17 @@ def validate(config, num_devices, reference_config=None):
                 "eval_batch_size", "monitor_bank_size", "monitor_query_size"):
     if config[field] <= 0:
       _fail(field, config[field], "must be a positive integer")
+  if config.method == "moco" and (config.queue_size <= 0 or
+                                  config.queue_size % (2 * config.batch_size)):
+    _fail("queue_size", config.queue_size,
+          f"must be a positive multiple of 2 * batch_size ({2 * config.batch_size})")
+  if config.method in methods.MOMENTUM_METHODS and not 0 <= config.momentum < 1:
+    _fail("momentum", config.momentum, "must be in [0, 1)")
+  if config.method in ("triplet", "margin") and not config.margin > 0:
+    _fail("margin", config.margin, "must be > 0")
+  if config.method == "byol" and config.model.projection_dim <= 0:
+    _fail("model.projection_dim", config.model.projection_dim,
+          "byol needs a projection head (> 0) for its predictor")
   lo, hi = config.augment.crop_scale
   if not 0 < lo <= hi <= 1:
     _fail("augment.crop_scale", tuple(config.augment.crop_scale), "need 0 < min <= max <= 1")

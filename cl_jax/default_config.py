@@ -11,7 +11,7 @@ import ml_collections
 def get_config():
   """Returns the default config (SimpleCNN, the replaced example's hyper-parameters)."""
   config = ml_collections.ConfigDict()
-  config.method = "simclr"  # Training method; only "simclr" so far.
+  config.method = "simclr"  # "simclr", "moco", "byol", "supcon", "triplet" or "margin" (cl_jax/methods.py).
 
   # Data.
   config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
@@ -39,7 +39,10 @@ def get_config():
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and loss stay float32.
 
   # Loss and optimisation.
-  config.temperature = 0.5  # NT-Xent temperature.
+  config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
+  config.margin = 0.5  # Margin of triplet and margin, in distances between unit vectors (0 to 2).
+  config.momentum = 0.99  # EMA rate of moco's key network; byol's starting rate (cosine to 1).
+  config.queue_size = 4096  # moco: keys in the queue of negatives; a multiple of 2 * batch_size.
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
   config.max_steps = -1  # Stop after this many steps in total; -1 = no limit.
@@ -50,8 +53,8 @@ def get_config():
   config.warmup_epochs = 0.0  # Linear warm-up from 0 over this many epochs; 0 = none.
 
   # Parallelism and reproducibility.
-  config.parallel = "shard_map"  # How the per-device step is mapped: "shard_map" or "pmap".
-  config.num_devices = -1  # Use the first this many local devices; -1 = all.
+  config.parallel = "shard_map"  # Maps the per-device step: "shard_map", or "pmap" (one process only).
+  config.num_devices = -1  # Use the first this many local devices; -1 = all (of all processes).
   config.seed = 0  # Seeds initialisation, shuffling and augmentation.
 
   # Logging and checkpoints.

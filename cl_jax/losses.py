@@ -13,6 +13,42 @@ def l2_normalize(x, axis=-1):
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
 
 
+def _gather(x, axis_name):
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def _two_view_similarities(z1, z2, axis_name):
+  """Cosine similarities of this device's 2n views with the global batch's 2N views.
+
+  Returns (similarities [2n, 2N], self_index [2n], global_n): candidates are
+  view 1 of every example (in device order), then view 2 of every example;
+  anchors are the local views 1 then views 2; `self_index[a]` is anchor a's own
+  column. Gradients from other devices' anchors come back through the transpose
+  of `all_gather`, so `pmean` of per-device gradients is the global gradient.
+  """
+  z1 = l2_normalize(z1.astype(jnp.float32))
+  z2 = l2_normalize(z2.astype(jnp.float32))
+  local_n = z1.shape[0]
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_n
+  all1, all2 = _gather(z1, axis_name), _gather(z2, axis_name)
+  global_n = all1.shape[0]
+  candidates = jnp.concatenate([all1, all2])  # [2N, d]
+  anchors = jnp.concatenate([z1, z2])  # [2n, d]
+  local = offset + jnp.arange(local_n)
+  self_index = jnp.concatenate([local, local + global_n])
+  return anchors @ candidates.T, self_index, global_n
+
+
+def _label_masks(labels, similarities, self_index, axis_name):
+  """(positive, negative) boolean masks [2n, 2N] from per-example labels [n]."""
+  anchor_labels = jnp.concatenate([labels, labels])
+  all_labels = _gather(labels, axis_name)
+  candidate_labels = jnp.concatenate([all_labels, all_labels])
+  same = anchor_labels[:, None] == candidate_labels[None, :]
+  is_self = jnp.arange(similarities.shape[1])[None, :] == self_index[:, None]
+  return same & ~is_self, ~same
+
+
 def nt_xent(z1, z2, temperature, axis_name=None):
   """NT-Xent (SimCLR's InfoNCE) over the global batch, averaged over local anchors.
 
@@ -25,28 +61,95 @@ def nt_xent(z1, z2, temperature, axis_name=None):
 
   s = cosine similarity. Returns the mean over local anchors; since every device
   holds the same number, the mean over devices (`pmean`) is the global loss and
-  `pmean` of per-device gradients is its gradient (gradients from other
-  devices' anchors come back through the transpose of `all_gather`).
-  Computed in float32 whatever the input dtype.
+  `pmean` of per-device gradients is its gradient. Computed in float32 whatever
+  the input dtype.
   """
-  z1 = l2_normalize(z1.astype(jnp.float32))
-  z2 = l2_normalize(z2.astype(jnp.float32))
-  local_n = z1.shape[0]
-  if axis_name is None:
-    all1, all2, offset = z1, z2, 0
-  else:
-    all1 = jax.lax.all_gather(z1, axis_name, tiled=True)
-    all2 = jax.lax.all_gather(z2, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * local_n
-  global_n = all1.shape[0]
-  candidates = jnp.concatenate([all1, all2])  # [2N, d]: view 1 of all, then view 2.
-  anchors = jnp.concatenate([z1, z2])  # [2n, d]
-  logits = anchors @ candidates.T / temperature  # [2n, 2N]
-
-  local = offset + jnp.arange(local_n)
-  self_index = jnp.concatenate([local, local + global_n])
-  positive_index = jnp.concatenate([local + global_n, local])
+  similarities, self_index, global_n = _two_view_similarities(z1, z2, axis_name)
+  logits = similarities / temperature
   columns = jnp.arange(2 * global_n)
   logits = jnp.where(columns[None, :] == self_index[:, None], -jnp.inf, logits)
+  positive_index = (self_index + global_n) % (2 * global_n)  # the other view
   positive = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
+
+
+def supervised_contrastive(z1, z2, labels, temperature, axis_name=None):
+  """SupCon (Khosla et al. 2020, L_out): positives are all other views with the anchor's label.
+
+    loss_i = -1/|P(i)| sum_{p in P(i)} log( exp(s_ip / t) / sum_{k != i} exp(s_ik / t) ),
+
+  over the global batch's 2N views, averaged over the local anchors (`labels`:
+  int [n], one per example; both views share it). With labels all distinct it
+  is NT-Xent. Every anchor has at least one positive: its other view.
+  """
+  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
+  positive, _ = _label_masks(labels, similarities, self_index, axis_name)
+  columns = jnp.arange(similarities.shape[1])
+  logits = jnp.where(columns[None, :] == self_index[:, None], -jnp.inf,
+                     similarities / temperature)
+  log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
+  per_anchor = -jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1) / jnp.sum(positive, axis=1)
+  return jnp.mean(per_anchor)
+
+
+def _unit_distances(similarities):
+  """Euclidean distances of unit vectors from their cosine similarities, with a finite gradient at 0."""
+  return jnp.sqrt(jnp.maximum(2.0 - 2.0 * similarities, 1e-12))
+
+
+def batch_hard_triplet(z1, z2, labels, margin, axis_name=None):
+  """Batch-hard triplet loss (Hermans et al. 2017) on L2-normalised embeddings.
+
+  For each local anchor over the global batch's 2N views: the farthest view with
+  its label (the hardest positive) and the nearest view with another label (the
+  hardest negative), loss_i = max(0, d_ap - d_an + margin), averaged over anchors.
+  Distances are Euclidean between unit vectors (0 to 2).
+  """
+  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, similarities, self_index, axis_name)
+  distances = _unit_distances(similarities)
+  hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
+  hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
+  return jnp.mean(jax.nn.relu(hardest_positive - hardest_negative + margin))
+
+
+def margin_contrastive(z1, z2, labels, margin, axis_name=None):
+  """The pairwise contrastive (margin) loss of Hadsell, Chopra & LeCun (2006), per anchor.
+
+    loss_i = 1/2 [ mean_{p in P(i)} d_ip^2 + mean_{n in N(i)} max(0, margin - d_in)^2 ],
+
+  over the global batch's 2N views (P: other views with the anchor's label, N:
+  views with another label), averaged over local anchors; d is the Euclidean
+  distance between L2-normalised embeddings. Averaging positives and negatives
+  separately keeps the few positive pairs from being swamped.
+  """
+  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, similarities, self_index, axis_name)
+  squared = jnp.maximum(2.0 - 2.0 * similarities, 0.0)
+  pulled = jnp.sum(jnp.where(positive, squared, 0.0), axis=1) / jnp.sum(positive, axis=1)
+  hinge = jax.nn.relu(margin - _unit_distances(similarities)) ** 2
+  pushed = jnp.sum(jnp.where(negative, hinge, 0.0), axis=1) / jnp.sum(negative, axis=1)
+  return jnp.mean(0.5 * (pulled + pushed))
+
+
+def queue_infonce(queries, keys, queue, temperature):
+  """MoCo's InfoNCE: each query's positive is its key, its negatives the queue's keys.
+
+    loss_i = -log( exp(q_i.k_i / t) / (exp(q_i.k_i / t) + sum_j exp(q_i.u_j / t)) ),
+
+  with q, k L2-normalised here and the queue rows `u_j` already unit vectors.
+  Averaged over the local queries; no cross-device terms (the queue is shared
+  state, filled from every device's keys).
+  """
+  queries = l2_normalize(queries.astype(jnp.float32))
+  keys = l2_normalize(keys.astype(jnp.float32))
+  positive = jnp.sum(queries * keys, axis=1, keepdims=True)
+  logits = jnp.concatenate([positive, queries @ queue.T], axis=1) / temperature
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+
+
+def byol_regression(predictions, targets):
+  """BYOL's loss for one direction: mean over examples of 2 - 2 cos(prediction, target)."""
+  cosine = jnp.sum(l2_normalize(predictions.astype(jnp.float32)) *
+                   l2_normalize(targets.astype(jnp.float32)), axis=1)
+  return jnp.mean(2.0 - 2.0 * cosine)

@@ -159,29 +159,37 @@ class ProjectionHead(nn.Module):
 
 
 class ContrastiveModel(nn.Module):
-  """Encoder plus optional projection head; returns (features, projections).
+  """Encoder, optional projection head and optional predictor (BYOL).
 
-  Features (encoder output) are what evaluation uses; projections feed the loss.
-  Without a head, projections are the features. Outputs are float32 whatever
-  the compute dtype, so the loss is always computed in float32.
+  Returns (features, projections), or (features, predictions) with
+  `predict=True`. Features (encoder output) are what evaluation uses;
+  projections (or predictions) feed the loss. Without a head, projections are
+  the features. Outputs are float32 whatever the compute dtype, so the loss is
+  always computed in float32.
   """
   encoder: nn.Module
   head: nn.Module | None = None
+  predictor: nn.Module | None = None
 
-  def __call__(self, x):
+  def __call__(self, x, predict=False):
     features = self.encoder(x)
     projections = features if self.head is None else self.head(features)
+    if predict:
+      projections = self.predictor(projections)
     return features.astype(jnp.float32), projections.astype(jnp.float32)
 
 
 def create_model(config):
-  """Builds the model described by `config.model` with compute dtype `config.dtype`."""
+  """Builds the model of `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`."""
   dtype = jnp.dtype(config.dtype)
   m = config.model
   encoder = CNNEncoder(conv_features=tuple(m.conv_features), convs_per_block=m.convs_per_block,
                        dense_features=m.dense_features, norm=m.norm, dtype=dtype)
-  head = None
+  head = predictor = None
   if m.projection_dim > 0:
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,
                           dtype=dtype)
-  return ContrastiveModel(encoder=encoder, head=head)
+  if config.method == "byol":  # same shape as the head: projection_dim -> projection_dim
+    predictor = ProjectionHead(hidden_features=tuple(m.projection_hidden),
+                               out_features=m.projection_dim, dtype=dtype)
+  return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)

@@ -1,4 +1,9 @@
-"""Entry point: python -m cl_jax.train --config configs/mnist.py --workdir runs/mnist"""
+"""Entry point: python -m cl_jax.train --config configs/mnist.py --workdir runs/mnist
+
+Several processes (hosts or GPUs): add --distributed (auto-detected on TPU pod
+slices, SLURM, Open MPI) or --coordinator_address/--num_processes/--process_id;
+see the README's multi-host section.
+"""
 
 import sys
 
@@ -9,11 +14,19 @@ from ml_collections import config_flags
 from cl_jax import checkpointing
 from cl_jax import config_validation
 from cl_jax import data
+from cl_jax import multihost
 from cl_jax import trainer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
                                required=True)
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (implied by the three flags below); "
+    "what they leave unset is auto-detected (TPU pod slice, SLURM, Open MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, reachable from every process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. n-1.")
 
 
 def parse_flags(argv):
@@ -31,6 +44,9 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(value is not None for value in cluster):
+    multihost.initialize(*cluster)  # before anything else touches JAX's backends
   try:
     trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
   except (config_validation.ConfigError, data.DatasetNotPreparedError,

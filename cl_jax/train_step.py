@@ -1,6 +1,7 @@
-"""Train state, optimizer and the per-device SimCLR train step."""
+"""Train state, optimizer and the per-device train step shared by every method."""
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import optax
 from flax.training import train_state
 
 from cl_jax import augment
-from cl_jax import losses
+from cl_jax import methods
 
 
 def create_optimizer(config, steps_per_epoch, total_steps):
@@ -28,10 +29,22 @@ def create_optimizer(config, steps_per_epoch, total_steps):
   return optax.adam(schedule)
 
 
-def create_train_state(model, tx, key, image_shape):
-  """Initialises parameters (float32) and optimizer state."""
-  params = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
-  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+class ContrastiveState(train_state.TrainState):
+  """TrainState plus what some methods carry between steps (None where unused)."""
+  momentum_params: Any = None  # MoCo's key network / BYOL's target: an EMA of `params`.
+  queue: Any = None  # MoCo: [queue_size, d] unit keys; the oldest are overwritten first.
+  queue_next: Any = None  # MoCo: the queue row the next keys go to.
+
+
+def create_train_state(model, tx, key, image_shape, config=None):
+  """Initialises parameters (float32), optimizer state and `config.method`'s extra state.
+
+  `config=None` gives SimCLR's state (no extras).
+  """
+  params = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                      predict=model.predictor is not None)["params"]
+  extras = methods.initial_state(config, params, jax.random.fold_in(key, 1)) if config else {}
+  return ContrastiveState.create(apply_fn=model.apply, params=params, tx=tx, **extras)
 
 
 def example_keys(rng, indices):
@@ -39,35 +52,31 @@ def example_keys(rng, indices):
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
 
-def simclr_loss_fn(params, apply_fn, view1, view2, temperature, axis_name):
-  """NT-Xent of the projections of two views, both through one forward pass."""
-  _, projections = apply_fn({"params": params}, jnp.concatenate([view1, view2]))
-  z1, z2 = jnp.split(projections, 2)
-  return losses.nt_xent(z1, z2, temperature, axis_name)
-
-
-def train_step(state, batch, rng, *, config, axis_name=None):
-  """One SimCLR step on this device's shard of the global batch.
+def train_step(state, batch, rng, *, config, axis_name=None, total_steps=None):
+  """One step of `config.method` on this device's shard of the global batch.
 
   Args:
-    state: replicated TrainState.
-    batch: {"image": uint8 [n, H, W, C], "index": int32 [n] dataset indices}.
+    state: replicated ContrastiveState.
+    batch: {"image": uint8 [n, H, W, C], "index": int32 [n] dataset indices,
+      "label": int32 [n] class labels (read by supcon only)}.
     rng: the step's key (the same on every device).
     config: the run config (static).
     axis_name: the devices' named axis, or None on a single device.
+    total_steps: the run's length (BYOL's momentum schedule).
   Returns:
     (new state, {"loss", "grad_norm", "param_norm"}), identical on every device.
   """
   keys = example_keys(rng, batch["index"])
   view1, view2 = augment.two_views(batch["image"], keys, config.augment)
-  loss_fn = functools.partial(simclr_loss_fn, apply_fn=state.apply_fn, view1=view1,
-                              view2=view2, temperature=config.temperature,
-                              axis_name=axis_name)
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  loss_fn = functools.partial(methods.loss, state=state, view1=view1, view2=view2, batch=batch,
+                              config=config, axis_name=axis_name)
+  (loss, new_keys), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     # Equal shards: the mean of per-device means is the global mean.
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
+  step = state.step
   state = state.apply_gradients(grads=grads)
+  state = methods.update_state(state, step, new_keys, config, total_steps, axis_name)
   # param_norm lets the loop refuse to checkpoint parameters that overflowed.
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(state.params)}

@@ -21,6 +21,7 @@ from cl_jax import evaluation
 from cl_jax import evaluator
 from cl_jax import metric_logging
 from cl_jax import models
+from cl_jax import multihost
 from cl_jax import parallel
 from cl_jax import train_step as train_step_lib
 
@@ -36,6 +37,9 @@ def params_sha256(params):
 
 
 def select_devices(config):
+  """Every process's devices when several processes run; else the first `num_devices`."""
+  if multihost.is_multiprocess():
+    return jax.devices()
   devices = jax.local_devices()
   if config.num_devices > 0:
     devices = devices[:config.num_devices]
@@ -78,21 +82,24 @@ class OnDeviceTraining:
   but the cached permutation, so any step can be run first (resuming).
   """
 
-  def __init__(self, config, devices, images):
+  def __init__(self, config, devices, images, labels, total_steps):
     self.batch_size = config.batch_size
     self.num_examples = len(images)
     self.steps_per_epoch = self.num_examples // self.batch_size
     self.dp = parallel.DataParallel(
-        functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS),
+        functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS,
+                          total_steps=total_steps),
         config.parallel, devices)
-    self.images = jax.device_put(images, self.dp.replicated_sharding() or devices[0])
+    self.data = jax.device_put({"image": images, "label": labels},
+                               self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
     self._epoch = self._permutation = None
 
-  def _batch(self, images, permutation, step_in_epoch):
+  def _batch(self, data, permutation, step_in_epoch):
     index = jax.lax.dynamic_slice_in_dim(
         permutation, step_in_epoch * self.batch_size, self.batch_size)
-    return {"image": images[index], "index": index.astype(jnp.int32)}
+    return {"image": data["image"][index], "label": data["label"][index],
+            "index": index.astype(jnp.int32)}
 
   def step(self, state, step, shuffle_key, augment_key):
     """Runs global step `step` on device-resident `state`; returns (state, metrics)."""
@@ -100,7 +107,7 @@ class OnDeviceTraining:
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
-    batch = self._select_batch(self.images, self._permutation, step % self.steps_per_epoch)
+    batch = self._select_batch(self.data, self._permutation, step % self.steps_per_epoch)
     return self.dp.step(state, batch, jax.random.fold_in(augment_key, step))
 
 
@@ -118,12 +125,20 @@ class Preempted(RuntimeError):
 
 @contextlib.contextmanager
 def stop_requests():
-  """Turns SIGTERM / SIGINT into a flag the loop polls between steps (main thread only)."""
+  """Yields `requested(step)`: the signal to stop for at `step`, or None; polled between steps.
+
+  One process: SIGTERM / SIGINT handlers set a flag (main thread only). Several
+  processes: JAX's preemption sync point on SIGTERM, so that all stop at the
+  same step (Python handlers would replace the one JAX installs for it).
+  """
+  if multihost.is_multiprocess():
+    yield lambda step: signal.SIGTERM if multihost.preemption_requested(step) else None
+    return
   received = []
   handler = lambda signum, frame: received.append(signum)
   previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    yield received
+    yield lambda step: received[0] if received else None
   finally:
     for signum, old in previous.items():
       signal.signal(signum, old)
@@ -160,10 +175,12 @@ def train_and_evaluate(config, workdir):
   Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json.
   """
   devices = select_devices(config)
-  config_validation.validate(config, len(devices), default_config.get_config())
+  config_validation.validate(config, len(devices), default_config.get_config(),
+                             jax.process_count())
   config_validation.check_workdir(workdir)
   check_resumable(workdir, config)
-  is_main = jax.process_index() == 0
+  multihost.barrier("config_checked")  # before process 0 rewrites config.json
+  is_main = multihost.is_main_process()
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json(indent=2))
@@ -183,7 +200,7 @@ def train_and_evaluate(config, workdir):
   model = models.create_model(config)
   tx = train_step_lib.create_optimizer(config, steps_per_epoch, total_steps)
   init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = train_step_lib.create_train_state(model, tx, init_key, train.images.shape[1:])
+  state = train_step_lib.create_train_state(model, tx, init_key, train.images.shape[1:], config)
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
@@ -196,14 +213,15 @@ def train_and_evaluate(config, workdir):
   start_step = int(state.step)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
-  training = OnDeviceTraining(config, devices, train.images)
+  training = OnDeviceTraining(config, devices, train.images, train.labels, total_steps)
   dp = training.dp
   state = dp.put_state(jax.device_get(state))
 
   monitor = None
-  if config.eval_every_epochs > 0:
+  if config.eval_every_epochs > 0 and is_main:  # on process 0's own devices: no collectives
     test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
-    monitor = KnnMonitor(model, train, test, config, devices)
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    monitor = KnnMonitor(model, train, test, config, local)
 
   writer = metric_logging.MetricWriter(workdir, start_step)
   progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
@@ -219,7 +237,7 @@ def train_and_evaluate(config, workdir):
                                                         jax.random.wrap_key_data(base_key)))
 
   try:
-    with stop_requests() as stop:
+    with stop_requests() as stop_requested:
       for step in range(start_step, total_steps):
         state, metrics = training.step(state, step, shuffle_key, augment_key)
         done = step + 1
@@ -239,6 +257,7 @@ def train_and_evaluate(config, workdir):
                               "images_per_second": images_per_second})
           progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
         progress.update(1)
+        stop = stop_requested(done)
         if monitor and done % (config.eval_every_epochs * steps_per_epoch) == 0:
           knn = monitor.accuracy(dp.get_state(state).params)
           writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
@@ -247,7 +266,7 @@ def train_and_evaluate(config, workdir):
           check_finite(*previous)  # never checkpoint a broken state
           save(done)
         if stop:
-          raise Preempted(stop[0], done)
+          raise Preempted(stop, done)
       if previous:
         check_finite(*previous)
       jax.block_until_ready(state)
@@ -276,6 +295,6 @@ def train_and_evaluate(config, workdir):
   }
   if is_main:
     evaluator.write_json(os.path.join(workdir, "results.json"), results)
-  if config.evaluate_at_end:
+  if config.evaluate_at_end and is_main:  # on process 0's own devices
     results = evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
   return results

@@ -36,7 +36,8 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype):
   config.dtype = dtype
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
-  training = trainer.OnDeviceTraining(config, devices, images)
+  labels = np.zeros(NUM_IMAGES, np.int32)  # SimCLR does not read them
+  training = trainer.OnDeviceTraining(config, devices, images, labels, total_steps=None)
   model = models.create_model(config)
   tx = train_step_lib.create_optimizer(config, training.steps_per_epoch,
                                        10 * training.steps_per_epoch)

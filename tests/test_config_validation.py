@@ -19,7 +19,8 @@ BAD_INPUTS = [
     ({"learning_rate": 0.0}, "config.learning_rate=0.0: must be > 0"),
     ({"num_epochs": -1}, "config.num_epochs=-1: must be >= 0"),
     ({"max_steps": 0}, "config.max_steps=0: must be -1 (no limit) or a positive integer"),
-    ({"method": "barlow"}, "config.method='barlow': allowed: simclr"),
+    ({"method": "barlow"},
+     "config.method='barlow': allowed: simclr, moco, byol, supcon, triplet, margin"),
     ({"parallel": "pjit"}, "config.parallel='pjit': allowed: shard_map, pmap"),
     ({"dataset": "mnistt"},
      "config.dataset='mnistt': not a registered TFDS dataset (e.g. mnist, fashion_mnist)"),
@@ -37,6 +38,19 @@ def test_bad_values_are_named(overrides, message):
     config[field] = value
   with pytest.raises(config_validation.ConfigError) as info:
     config_validation.validate(config, 8, default_config.get_config())
+  assert str(info.value) == message
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"parallel": "pmap"}, "config.parallel='pmap': several processes need shard_map"),
+    ({"num_devices": 2}, "config.num_devices=2: several processes use every device: need -1"),
+])
+def test_multiprocess_limits_are_named(overrides, message):
+  config = default_config.get_config()
+  config.update(overrides)
+  config_validation.validate(config, 8, default_config.get_config())  # fine in one process
+  with pytest.raises(config_validation.ConfigError) as info:
+    config_validation.validate(config, 8, default_config.get_config(), num_processes=2)
   assert str(info.value) == message
 
 

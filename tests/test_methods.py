@@ -1,0 +1,292 @@
+"""cl_jax.methods and its losses: float64 NumPy references written from the papers'
+formulas, cross-device parity, MoCo's queue and momentum bookkeeping, BYOL's schedule,
+and a short end-to-end run of every method."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cl_jax import augment
+from cl_jax import checkpointing
+from cl_jax import losses
+from cl_jax import methods
+from cl_jax import models
+from cl_jax import parallel
+from cl_jax import trainer
+from cl_jax import train_step as train_step_lib
+from cl_jax.evaluator import read_metrics
+from configs import mnist_seed
+from tests.test_trainer import quick_config
+
+
+def unit_rows(x):
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def views_and_labels(z1, z2, labels):
+  """The 2N views (views 1, then views 2) and their labels."""
+  return unit_rows(np.concatenate([z1, z2])), np.concatenate([labels, labels])
+
+
+def supcon_numpy(z1, z2, labels, temperature):
+  z, lab = views_and_labels(z1, z2, labels)
+  total = 0.0
+  for i in range(len(z)):
+    others = [k for k in range(len(z)) if k != i]
+    denominator = sum(math.exp(z[i] @ z[k] / temperature) for k in others)
+    positives = [p for p in others if lab[p] == lab[i]]
+    total += -np.mean([math.log(math.exp(z[i] @ z[p] / temperature) / denominator)
+                       for p in positives])
+  return total / len(z)
+
+
+def triplet_numpy(z1, z2, labels, margin):
+  z, lab = views_and_labels(z1, z2, labels)
+  total = 0.0
+  for i in range(len(z)):
+    d = [np.linalg.norm(z[i] - z[k]) for k in range(len(z))]
+    hardest_positive = max(d[p] for p in range(len(z)) if p != i and lab[p] == lab[i])
+    hardest_negative = min(d[n] for n in range(len(z)) if lab[n] != lab[i])
+    total += max(0.0, hardest_positive - hardest_negative + margin)
+  return total / len(z)
+
+
+def margin_numpy(z1, z2, labels, margin):
+  z, lab = views_and_labels(z1, z2, labels)
+  total = 0.0
+  for i in range(len(z)):
+    d = [np.linalg.norm(z[i] - z[k]) for k in range(len(z))]
+    pulled = np.mean([d[p] ** 2 for p in range(len(z)) if p != i and lab[p] == lab[i]])
+    pushed = np.mean([max(0.0, margin - d[n]) ** 2 for n in range(len(z)) if lab[n] != lab[i]])
+    total += 0.5 * (pulled + pushed)
+  return total / len(z)
+
+
+def queue_infonce_numpy(q, k, queue, temperature):
+  q, k = unit_rows(q), unit_rows(k)
+  total = 0.0
+  for i in range(len(q)):
+    positive = math.exp(q[i] @ k[i] / temperature)
+    negatives = sum(math.exp(q[i] @ u / temperature) for u in queue)
+    total += -math.log(positive / (positive + negatives))
+  return total / len(q)
+
+
+def byol_numpy(p, t):
+  return np.mean([2 - 2 * unit_rows(p)[i] @ unit_rows(t)[i] for i in range(len(p))])
+
+
+def numeric_grad(f, x, eps=1e-6):
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    grad[index] = (f(x + step) - f(x - step)) / (2 * eps)
+  return grad
+
+
+def problem(n, d, num_classes, seed):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, d)), rng.normal(size=(n, d)),
+          rng.integers(0, num_classes, n).astype(np.int32))
+
+
+# (cl_jax loss taking (z1, z2, labels), NumPy reference with the same arguments).
+PAIRWISE = {
+    "supcon": (lambda a, b, y: losses.supervised_contrastive(a, b, y, 0.2),
+               lambda a, b, y: supcon_numpy(a, b, y, 0.2)),
+    "triplet": (lambda a, b, y: losses.batch_hard_triplet(a, b, y, 0.5),
+                lambda a, b, y: triplet_numpy(a, b, y, 0.5)),
+    "margin": (lambda a, b, y: losses.margin_contrastive(a, b, y, 1.2),
+               lambda a, b, y: margin_numpy(a, b, y, 1.2)),
+}
+
+
+@pytest.mark.parametrize("name", PAIRWISE)
+@pytest.mark.parametrize("n,d,num_classes", [(6, 4, 3), (16, 8, 4), (12, 5, 12)])
+def test_pairwise_losses_match_numpy(name, n, d, num_classes):
+  z1, z2, labels = problem(n, d, num_classes, seed=n + d)
+  ours, reference = PAIRWISE[name]
+  got = ours(jnp.float32(z1), jnp.float32(z2), labels)
+  # float32 cosines (~1e-7) through exp(s / 0.2) or a sqrt: a few 1e-6 relative.
+  np.testing.assert_allclose(got, reference(z1, z2, labels), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PAIRWISE)
+def test_pairwise_loss_gradients_match_finite_differences(name):
+  z1, z2, labels = problem(5, 3, 2, seed=11)
+  ours, reference = PAIRWISE[name]
+  grad1 = jax.grad(ours)(jnp.float32(z1), jnp.float32(z2), labels)
+  expected = numeric_grad(lambda x: reference(x, z2, labels), z1)
+  # float32 gradients against float64 central differences (truncation ~1e-11).
+  np.testing.assert_allclose(grad1, expected, rtol=1e-4, atol=2e-5)
+
+
+def test_supcon_with_distinct_labels_is_nt_xent():
+  z1, z2, _ = problem(10, 6, 1, seed=3)
+  labels = np.arange(10, dtype=np.int32)
+  np.testing.assert_allclose(
+      losses.supervised_contrastive(jnp.float32(z1), jnp.float32(z2), labels, 0.3),
+      losses.nt_xent(jnp.float32(z1), jnp.float32(z2), 0.3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n,queue_size,temperature", [(4, 16, 0.2), (16, 64, 0.07)])
+def test_queue_infonce_and_byol_match_numpy(n, queue_size, temperature):
+  rng = np.random.default_rng(n)
+  q, k = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+  queue = unit_rows(rng.normal(size=(queue_size, 8)))
+  got = losses.queue_infonce(jnp.float32(q), jnp.float32(k), jnp.float32(queue), temperature)
+  # Logits up to 1 / 0.07 = 14 in float32: 1e-5 relative.
+  np.testing.assert_allclose(got, queue_infonce_numpy(q, k, queue, temperature), rtol=2e-5)
+  np.testing.assert_allclose(losses.byol_regression(jnp.float32(q), jnp.float32(k)),
+                             byol_numpy(q, k), rtol=1e-5, atol=1e-6)
+
+
+def test_byol_momentum_follows_the_cosine_schedule():
+  config = mnist_seed.get_config()
+  config.method, config.momentum = "byol", 0.99
+  for step, expected in ((0, 0.99), (50, 0.995), (100, 1.0), (25, 1 - 0.01 * (1 + 0.5**0.5) / 2)):
+    np.testing.assert_allclose(methods.momentum(config, step, 100), expected, rtol=1e-6)
+  config.method = "moco"
+  assert methods.momentum(config, 70, 100) == 0.99
+
+
+def linear_loss(name, w, batch, axis_name=None):
+  """The pairwise loss `name` of linear embeddings x @ w (w replicated, like parameters)."""
+  ours = {"supcon": lambda a, b, y: losses.supervised_contrastive(a, b, y, 0.2, axis_name),
+          "triplet": lambda a, b, y: losses.batch_hard_triplet(a, b, y, 0.5, axis_name),
+          "margin": lambda a, b, y: losses.margin_contrastive(a, b, y, 1.2, axis_name)}[name]
+  return ours(batch["x1"] @ w, batch["x2"] @ w, batch["y"])
+
+
+@pytest.mark.parametrize("name", PAIRWISE)
+def test_pairwise_losses_span_devices(name):
+  """Negatives and positives across devices: 4 devices equal 1 device with the whole batch."""
+  rng = np.random.default_rng(5)
+  w = rng.normal(size=(12, 6)).astype(np.float32)
+  batch = {"x1": rng.normal(size=(32, 12)).astype(np.float32),
+           "x2": rng.normal(size=(32, 12)).astype(np.float32),
+           "y": rng.integers(0, 3, 32).astype(np.int32)}
+  expected_loss, expected_grad = jax.value_and_grad(functools.partial(linear_loss, name))(
+      w, batch)
+
+  def per_device(w, batch, rng):
+    del rng
+    loss, grad = jax.value_and_grad(functools.partial(linear_loss, name))(
+        w, batch, parallel.AXIS)
+    loss, grad = jax.lax.pmean((loss, grad), parallel.AXIS)
+    return grad, {"loss": loss}
+  dp = parallel.DataParallel(per_device, "shard_map", jax.devices()[:4])
+  grad, metrics = dp.step(dp.put_state(w), batch, jax.random.key(0))
+  # float32 sums in another order: 1e-5 relative.
+  np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(dp.get_state(grad), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def moco_config():
+  config = mnist_seed.get_config()
+  config.method = "moco"
+  config.queue_size = 96  # 1.5 batches of 2 x 32 keys: the third step wraps around.
+  config.optimizer, config.learning_rate = "sgd", 0.1  # SGD: parameter errors stay linear
+  config.temperature = 0.2
+  return config
+
+
+def run_steps(config, num_devices, num_steps=3, batch_size=32):
+  """A few steps on fixed random images; returns the host state after each step and the losses."""
+  model = models.create_model(config)
+  tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, total_steps=10)
+  state = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), config)
+  step_fn = functools.partial(train_step_lib.train_step, config=config,
+                              axis_name=parallel.AXIS, total_steps=10)
+  dp = parallel.DataParallel(step_fn, "shard_map", jax.devices()[:num_devices])
+  state = dp.put_state(state)
+  rng = np.random.default_rng(6)
+  states, seen = [], []
+  for step in range(num_steps):
+    batch = {"image": (rng.random((batch_size, 28, 28, 1)) * 255).astype(np.uint8),
+             "index": np.arange(batch_size, dtype=np.int32) + batch_size * step,
+             "label": rng.integers(0, 10, batch_size).astype(np.int32)}
+    state, metrics = dp.step(state, batch, jax.random.fold_in(jax.random.key(1), step))
+    states.append(dp.get_state(state))
+    seen.append(float(metrics["loss"]))
+  return states, seen
+
+
+@pytest.fixture(scope="module")
+def moco_one_device():
+  return run_steps(moco_config(), 1)
+
+
+def test_moco_queue_and_key_network_span_devices(moco_one_device):
+  """MoCo over 4 devices equals 1 device: losses, parameters, key network and queue
+  (which wraps around on the third step)."""
+  states_one, losses_one = moco_one_device
+  states_four, losses_four = run_steps(moco_config(), 4)
+  one, four = states_one[-1], states_four[-1]
+  # float32 sums in another order, through 3 SGD steps: 1e-5 relative / 1e-6 absolute.
+  np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
+  for name in ("params", "momentum_params", "queue"):
+    for got, expected in zip(jax.tree.leaves(getattr(four, name)),
+                             jax.tree.leaves(getattr(one, name))):
+      np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=name)
+  assert int(four.queue_next) == int(one.queue_next) == (3 * 64) % 96
+
+
+def test_moco_first_step_enqueues_the_key_networks_views_and_moves_the_ema(moco_one_device):
+  config = moco_config()
+  model = models.create_model(config)
+  initial = train_step_lib.create_train_state(
+      model, train_step_lib.create_optimizer(config, 10, 10), jax.random.key(0), (28, 28, 1),
+      config)
+  state = moco_one_device[0][0]
+  # Recompute step 0's views from its keys (as run_steps draws them).
+  images = (np.random.default_rng(6).random((32, 28, 28, 1)) * 255).astype(np.uint8)
+
+  @jax.jit
+  def key_network_outputs(params, images):
+    keys = train_step_lib.example_keys(jax.random.fold_in(jax.random.key(1), 0),
+                                       jnp.arange(32, dtype=jnp.int32))
+    view1, view2 = augment.two_views(images, keys, config.augment)
+    return [model.apply({"params": params}, view)[1] for view in (view1, view2)]
+  k1, k2 = key_network_outputs(initial.params, images)  # the key network starts as params
+  np.testing.assert_allclose(state.queue[:32], unit_rows(np.asarray(k1, np.float64)), atol=1e-5)
+  np.testing.assert_allclose(state.queue[32:64], unit_rows(np.asarray(k2, np.float64)),
+                             atol=1e-5)
+  np.testing.assert_array_equal(state.queue[64:], np.asarray(initial.queue)[64:])  # untouched
+  assert int(state.queue_next) == 64
+  for new, ema, old in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.momentum_params),
+                           jax.tree.leaves(initial.params)):
+    np.testing.assert_allclose(ema, 0.99 * np.asarray(old) + 0.01 * np.asarray(new),
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["moco", "byol", "supcon", "triplet", "margin"])
+def test_short_run_learns_and_checkpoints_its_state(mnist_data_dir, tmp_path, method):
+  overrides = dict(method=method, max_train_examples=2048, batch_size=64, max_steps=32,
+                   log_every_steps=8, checkpoint_every_steps=16, num_devices=2, queue_size=256)
+  workdir = str(tmp_path / method)
+  results = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), workdir)
+  logged = [m["loss"] for m in read_metrics(workdir)]
+  # Seen (2 devices): moco 5.29 -> 4.77, byol 0.84 -> 0.35, supcon 4.27 -> 3.86,
+  # triplet 0.48 -> 0.37, margin 0.027 -> 0.018 from step 8 to step 32.
+  assert np.all(np.isfinite(logged)) and logged[-1] < logged[0], logged
+  tree = checkpointing.Checkpointer(workdir).restore(32, None)
+  assert ("momentum_params" in tree) == (method in methods.MOMENTUM_METHODS)
+  assert ("queue" in tree) == (method == "moco")
+  if method == "moco":
+    # Stopped at 16 and resumed: the queue and key network come back bit for bit.
+    resumed_dir = str(tmp_path / "resumed")
+    trainer.train_and_evaluate(quick_config(mnist_data_dir, **{**overrides, "max_steps": 16}),
+                               resumed_dir)
+    resumed = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), resumed_dir)
+    assert resumed["resumed_from_step"] == 16
+    assert resumed["params_sha256"] == results["params_sha256"]
+    again = checkpointing.Checkpointer(resumed_dir).restore(32, None)
+    for name in ("queue", "queue_next", "momentum_params"):
+      jax.tree.map(np.testing.assert_array_equal, again[name], tree[name])

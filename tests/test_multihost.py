@@ -1,0 +1,112 @@
+"""cl_jax.multihost: 2 processes x 2 CPU devices (jax.distributed on localhost, Gloo) against
+1 process x 4 devices, through the command line, with a preemption in the middle."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cl_jax import checkpointing
+from cl_jax import trainer
+from cl_jax.evaluator import read_metrics
+from tests.test_trainer import quick_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = dict(max_train_examples=1024, batch_size=64, max_steps=8, log_every_steps=1,
+                 checkpoint_every_steps=4, optimizer="sgd", learning_rate=0.01)
+# Gloo's all-reduce sums in another order than XLA's in-process one: last-bit
+# differences from step 1 on, which training amplifies (a near-tie in a max-pool
+# window or a ReLU input near 0 that flips sends a whole gradient term elsewhere).
+# The first loss comes from the initial parameters and must agree. A fault in
+# what a step computes moves the loss far beyond these tolerances (negatives not
+# spanning the global batch: ln 31 = 3.43 instead of ln 127 = 4.84 at uniform
+# similarities). Seen in two runs (the same both times): losses equal for steps
+# 1-3, at most 4.8e-7 apart after; parameters 1.5e-6 apart at step 8.
+FIRST_LOSS_TOLERANCE = 1e-6
+LOSS_TOLERANCE = 1e-5
+PARAMS_TOLERANCE = 1e-4
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(data_dir, workdir, log_prefix):
+  """Starts the two processes of one run; returns [(Popen, stderr log path)]."""
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  launched = []
+  for process_id in range(2):
+    log = f"{log_prefix}.{process_id}.log"
+    with open(log, "w", encoding="utf-8") as stderr:  # a file: a full pipe would stall it
+      launched.append((subprocess.Popen(
+          [sys.executable, "-m", "cl_jax.train", "--config", "configs/mnist_seed.py",
+           "--workdir", workdir, f"--config.data_dir={data_dir}", "--config.progress_bar=False",
+           "--config.evaluate_at_end=False", "--config.eval_every_epochs=0", *args,
+           f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--process_id={process_id}"],
+          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log))
+  return launched
+
+
+def finish(launched):
+  """Waits for both processes; returns [(exit status, stderr)]."""
+  finished = []
+  for process, log in launched:
+    process.wait(timeout=300)
+    with open(log, encoding="utf-8") as f:
+      finished.append((process.returncode, f.read()))
+  return finished
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_stop_together(mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / "two_processes")
+  launched = launch(mnist_data_dir, workdir, str(tmp_path / "first"))
+  # SIGTERM to process 1 only, once both joined the cluster (process 0 writes
+  # config.json after a barrier) and before the first step's compilation ends.
+  config_json = os.path.join(workdir, "config.json")
+  deadline = time.time() + 200
+  while time.time() < deadline and not os.path.exists(config_json):
+    time.sleep(0.01)
+  launched[1][0].send_signal(signal.SIGTERM)
+  stopped = []
+  for status, stderr in finish(launched):
+    assert status == 128 + signal.SIGTERM, stderr[-3000:]
+    stopped.append(int(stderr.split("saved a checkpoint at step ")[1].split(";")[0]))
+  assert stopped[0] == stopped[1] < OVERRIDES["max_steps"], stopped  # the same step on both
+  # Both processes re-run the same command: they resume and finish.
+  for status, stderr in finish(launch(mnist_data_dir, workdir, str(tmp_path / "resumed"))):
+    assert status == 0, stderr[-3000:]
+
+  reference_dir = str(tmp_path / "one_process")
+  reference = trainer.train_and_evaluate(
+      quick_config(mnist_data_dir, num_devices=4, **OVERRIDES), reference_dir)
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
+  assert results["num_devices"] == reference["num_devices"] == 4
+  assert results["resumed_from_step"] == stopped[0]
+  # One writer: every logged step appears once (process 1 writes no metrics).
+  logged = read_metrics(workdir)
+  expected = read_metrics(reference_dir)
+  assert [m["step"] for m in logged] == [m["step"] for m in expected] == list(range(1, 9))
+  losses = np.array([m["loss"] for m in logged])
+  expected_losses = np.array([m["loss"] for m in expected])
+  assert abs(losses[0] - expected_losses[0]) <= FIRST_LOSS_TOLERANCE
+  np.testing.assert_allclose(losses, expected_losses, rtol=0, atol=LOSS_TOLERANCE)
+  step = OVERRIDES["max_steps"]
+  params = checkpointing.Checkpointer(workdir).restore_params(step)
+  reference_params = checkpointing.Checkpointer(reference_dir).restore_params(step)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAMS_TOLERANCE),
+               params, reference_params)
