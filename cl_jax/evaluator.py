@@ -176,7 +176,7 @@ def evaluate_run(config, workdir, progress=True):
       bar.update(1)
     plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"))
     entries = read_metrics(workdir)
-    plot_series(entries, "loss", os.path.join(workdir, "loss.png"), "NT-Xent loss",
+    plot_series(entries, "loss", os.path.join(workdir, "loss.png"), f"{config.method} loss",
                 "training loss")
     plot_series(entries, "knn_monitor", os.path.join(workdir, "knn.png"), "accuracy",
                 f"online cosine k-NN (k={config.knn_k}) on a held subset")

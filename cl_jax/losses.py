@@ -93,7 +93,7 @@ def supervised_contrastive(z1, z2, labels, temperature, axis_name=None):
 
 
 def _unit_distances(similarities):
-  """Euclidean distances of unit vectors from their cosine similarities, with a finite gradient at 0."""
+  """Euclidean distances of unit vectors from their cosine similarities; finite gradient at 0."""
   return jnp.sqrt(jnp.maximum(2.0 - 2.0 * similarities, 1e-12))
 
 

@@ -180,7 +180,7 @@ class ContrastiveModel(nn.Module):
 
 
 def create_model(config):
-  """Builds the model of `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`."""
+  """Builds `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`."""
   dtype = jnp.dtype(config.dtype)
   m = config.model
   encoder = CNNEncoder(conv_features=tuple(m.conv_features), convs_per_block=m.convs_per_block,

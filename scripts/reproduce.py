@@ -60,7 +60,8 @@ def percent(x):
 
 def machine():
   import jax  # pylint: disable=g-import-not-at-top
-  return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+  cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
+  return (f"{cpu}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, jax {jax.__version__}, devices: "
           f"{', '.join(sorted({d.device_kind for d in jax.devices()}))} x{jax.device_count()}")
 
@@ -93,12 +94,21 @@ def write_report(path, runs, raw):
         f"{percent(r['knn_train_test'])} | {percent(r['knn_train_test_cosine'])} | "
         f"{percent(r['linear_probe'])} | {r['train_seconds'] / 60:.1f} min | "
         f"{r['wall_seconds'] / 60:.1f} min |")
-  lines += ["", "## Commands and run details", ""]
+  write_lines(path, lines + run_details(runs))
+
+
+def run_details(runs):
+  """A report's closing section: each run's command, length, speed, loss and parameter hash."""
+  lines = ["", "## Commands and run details", ""]
   for name, r in runs.items():
     lines += [f"- `{name}`: `{r['command']}`",
               f"  - {r['steps']} steps ({r['epochs']:.0f} epochs) on {r['num_devices']} device(s), "
               f"{r['images_per_second']:.0f} images/s, final loss {r['final_loss']:.4f}",
               f"  - params_sha256 `{r['params_sha256']}`"]
+  return lines
+
+
+def write_lines(path, lines):
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 

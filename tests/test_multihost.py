@@ -70,7 +70,7 @@ def finish(launched):
   return finished
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~75 s: four training processes and a reference run
 def test_two_processes_match_one_process_and_stop_together(mnist_data_dir, tmp_path):
   workdir = str(tmp_path / "two_processes")
   launched = launch(mnist_data_dir, workdir, str(tmp_path / "first"))

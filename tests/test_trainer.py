@@ -47,8 +47,9 @@ def test_loss_goes_down_and_outputs_are_written(mnist_data_dir, tmp_path):
              for name in os.listdir(os.path.join(workdir, "tensorboard")))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("parallel,num_devices", [("shard_map", 4), ("pmap", 2)])
+@pytest.mark.long  # ~25 s; shard_map resumes run in the default suite: with MoCo's
+# state (test_methods.py) and after SIGTERM (test_reliability.py)
+@pytest.mark.parametrize("parallel,num_devices", [("pmap", 2)])
 def test_resume_matches_uninterrupted_run(mnist_data_dir, tmp_path, parallel, num_devices):
   overrides = dict(max_train_examples=1024, batch_size=64, num_epochs=3, log_every_steps=8,
                    checkpoint_every_steps=16, parallel=parallel, num_devices=num_devices)

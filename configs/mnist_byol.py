@@ -1,0 +1,15 @@
+"""BYOL on MNIST: the default config's data, views, encoder and schedule, with a
+predictor on the online network and an EMA target network; no negatives.
+
+  python -m cl_jax.train --config configs/mnist_byol.py --workdir runs/mnist_byol
+"""
+
+from configs import mnist
+
+
+def get_config():
+  """Returns the BYOL config."""
+  config = mnist.get_config()
+  config.method = "byol"
+  config.momentum = 0.99  # the target's starting EMA rate, raised to 1 along a cosine
+  return config

@@ -1,0 +1,91 @@
+"""Trains every method on the same budget and writes the comparison table docs/methods.md.
+
+  python scripts/compare_methods.py [--data_dir TFDS_DIR] [--num_epochs 5]
+         [--methods simclr,moco,byol,supcon,triplet,margin] [--workdir runs/methods] [--reuse]
+
+Each method runs its config (configs/mnist.py for simclr, configs/mnist_<method>.py
+for the others: the same data, views, encoder, optimizer and schedule) from
+scratch with `python -m cl_jax.train`, for the same number of epochs, one after
+the other, then is evaluated the same way; every number comes from the runs'
+results.json.
+"""
+
+import argparse
+import datetime
+import json
+import os
+
+# scripts/ is on sys.path when this runs as a script.
+from reproduce import REPO_ROOT, machine, percent, run_details, train, write_lines
+
+CONFIGS = {"simclr": "mnist", "moco": "mnist_moco", "byol": "mnist_byol",
+           "supcon": "mnist_supcon", "triplet": "mnist_triplet", "margin": "mnist_margin"}
+NOTES = {"supcon": "uses the labels: a supervised reference"}
+
+
+def write_report(path, runs, raw, num_epochs, data_dir):
+  command = f"python scripts/compare_methods.py --num_epochs {num_epochs}"
+  if data_dir:
+    command += " --data_dir TFDS_DIR"
+  lines = [
+      "# Methods compared on MNIST",
+      "",
+      f"Written by `scripts/compare_methods.py` on {datetime.date.today().isoformat()} "
+      f"(`{command}`): every method trained from scratch for {num_epochs} epochs with its "
+      "config's other settings (the default config's views, encoder, Adam 1e-3 with warm-up "
+      "and cosine decay, batch 128), one run after the other, then evaluated the same way.",
+      f"Machine: {machine()}.",
+      "",
+      "k = 5; `train_test`: k-NN fit on the 60,000 training images' encoder features, predicting",
+      "the 10,000 test images; linear probe: logistic regression on the same features;",
+      "`seed`: fit on the first 8,000 test images, predict the last 2,000. Hand-run",
+      "experiments with the methods' settings (BYOL's): `docs/tuning.md`.",
+      "",
+      "| method | config | k-NN train_test | k-NN train_test (cosine) | linear probe | k-NN seed "
+      "| train time | images/s | wall time (train + eval) |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      f"| raw pixels | - | {percent(raw['knn_train_test'])} | "
+      f"{percent(raw['knn_train_test_cosine'])} | {percent(raw['linear_probe'])} | "
+      f"{percent(raw['knn_seed'])} | - | - | - |",
+  ]
+  ordered = {m: runs[m] for m in CONFIGS if m in runs}
+  for method, r in ordered.items():
+    note = f" ({NOTES[method]})" if method in NOTES else ""
+    lines.append(
+        f"| {method}{note} | `configs/{CONFIGS[method]}.py` | {percent(r['knn_train_test'])} | "
+        f"{percent(r['knn_train_test_cosine'])} | {percent(r['linear_probe'])} | "
+        f"{percent(r['knn_seed'])} | {r['train_seconds'] / 60:.1f} min | "
+        f"{r['images_per_second']:.0f} | {r['wall_seconds'] / 60:.1f} min |")
+  write_lines(path, lines + run_details(ordered))
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", default="", help="TFDS data dir holding mnist")
+  parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "runs", "methods"))
+  parser.add_argument("--num_epochs", type=int, default=5, help="the budget of every method")
+  parser.add_argument("--methods", default=",".join(CONFIGS))
+  parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "methods.md"))
+  parser.add_argument("--reuse", action="store_true",
+                      help="take a method's row from an earlier run of this script in WORKDIR "
+                      "(same budget) instead of training it again")
+  args = parser.parse_args()
+
+  runs = {}
+  for method in args.methods.split(","):
+    workdir = os.path.join(args.workdir, method)
+    row_file = os.path.join(workdir, f"comparison_{args.num_epochs}_epochs.json")
+    if args.reuse and os.path.exists(row_file):
+      with open(row_file, encoding="utf-8") as f:
+        runs[method] = json.load(f)
+      continue
+    runs[method] = train(CONFIGS[method], workdir, args.data_dir,
+                         [f"--config.num_epochs={args.num_epochs}"])
+    with open(row_file, "w", encoding="utf-8") as f:
+      json.dump(runs[method], f, indent=2)
+  write_report(args.out, runs, next(iter(runs.values()))["raw_pixels"], args.num_epochs,
+               args.data_dir)
+  print(open(args.out, encoding="utf-8").read())
+
+
+if __name__ == "__main__":
+  main()
