@@ -172,7 +172,8 @@ def check_resumable(workdir, config):
 def train_and_evaluate(config, workdir):
   """Trains (resuming from WORKDIR's latest checkpoint if any); returns the results dict.
 
-  Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json.
+  Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json. Under
+  jax.distributed every process calls it with the same config and a shared WORKDIR.
   """
   devices = select_devices(config)
   config_validation.validate(config, len(devices), default_config.get_config(),
