@@ -23,7 +23,7 @@ CONFIGS = {"simclr": "mnist", "moco": "mnist_moco", "byol": "mnist_byol",
 NOTES = {"supcon": "uses the labels: a supervised reference"}
 
 
-def write_report(path, runs, raw, num_epochs, data_dir):
+def write_report(path, runs, raw, num_epochs, data_dir, reused=()):
   command = f"python scripts/compare_methods.py --num_epochs {num_epochs}"
   if data_dir:
     command += " --data_dir TFDS_DIR"
@@ -35,6 +35,11 @@ def write_report(path, runs, raw, num_epochs, data_dir):
       "config's other settings (the default config's views, encoder, Adam 1e-3 with warm-up "
       "and cosine decay, batch 128), one run after the other, then evaluated the same way.",
       f"Machine: {machine()}.",
+  ]
+  if reused:
+    lines.append(f"Rows taken from earlier runs of this script with the same budget (`--reuse`): "
+                 f"{', '.join(m for m in CONFIGS if m in reused)}; the others trained in this run.")
+  lines += [
       "",
       "k = 5; `train_test`: k-NN fit on the 60,000 training images' encoder features, predicting",
       "the 10,000 test images; linear probe: logistic regression on the same features;",
@@ -70,20 +75,21 @@ def main():
                       "(same budget) instead of training it again")
   args = parser.parse_args()
 
-  runs = {}
+  runs, reused = {}, []
   for method in args.methods.split(","):
     workdir = os.path.join(args.workdir, method)
     row_file = os.path.join(workdir, f"comparison_{args.num_epochs}_epochs.json")
     if args.reuse and os.path.exists(row_file):
       with open(row_file, encoding="utf-8") as f:
         runs[method] = json.load(f)
+      reused.append(method)
       continue
     runs[method] = train(CONFIGS[method], workdir, args.data_dir,
                          [f"--config.num_epochs={args.num_epochs}"])
     with open(row_file, "w", encoding="utf-8") as f:
       json.dump(runs[method], f, indent=2)
   write_report(args.out, runs, next(iter(runs.values()))["raw_pixels"], args.num_epochs,
-               args.data_dir)
+               args.data_dir, reused)
   print(open(args.out, encoding="utf-8").read())
 
 
