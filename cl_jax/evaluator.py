@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax
 import matplotlib
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,6 +14,7 @@ from cl_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-im
 from cl_jax import data  # pylint: disable=wrong-import-position
 from cl_jax import evaluation  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
+from cl_jax import multihost  # pylint: disable=wrong-import-position
 
 CACHE_ENV = "CL_JAX_CACHE"
 
@@ -169,7 +169,7 @@ def evaluate_run(config, workdir, progress=True):
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
 
-  if jax.process_index() == 0:
+  if multihost.is_main_process():
     with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:
       count = min(config.tsne_points, len(test))
       points = evaluation.tsne_2d(test_x[:count], seed=config.seed)

@@ -20,10 +20,10 @@ def _gather(x, axis_name):
 def _two_view_similarities(z1, z2, axis_name):
   """Cosine similarities of this device's 2n views with the global batch's 2N views.
 
-  Returns (similarities [2n, 2N], self_index [2n], global_n): candidates are
-  view 1 of every example (in device order), then view 2 of every example;
-  anchors are the local views 1 then views 2; `self_index[a]` is anchor a's own
-  column. Gradients from other devices' anchors come back through the transpose
+  Returns (similarities [2n, 2N], self_index [2n], is_self [2n, 2N]):
+  candidates are view 1 of every example (in device order), then view 2 of every
+  example; anchors are the local views 1 then views 2; `self_index[a]` is anchor
+  a's own column and `is_self` marks it. Gradients from other devices' anchors come back through the transpose
   of `all_gather`, so `pmean` of per-device gradients is the global gradient.
   """
   z1 = l2_normalize(z1.astype(jnp.float32))
@@ -36,16 +36,16 @@ def _two_view_similarities(z1, z2, axis_name):
   anchors = jnp.concatenate([z1, z2])  # [2n, d]
   local = offset + jnp.arange(local_n)
   self_index = jnp.concatenate([local, local + global_n])
-  return anchors @ candidates.T, self_index, global_n
+  is_self = jnp.arange(2 * global_n)[None, :] == self_index[:, None]
+  return anchors @ candidates.T, self_index, is_self
 
 
-def _label_masks(labels, similarities, self_index, axis_name):
+def _label_masks(labels, is_self, axis_name):
   """(positive, negative) boolean masks [2n, 2N] from per-example labels [n]."""
   anchor_labels = jnp.concatenate([labels, labels])
   all_labels = _gather(labels, axis_name)
   candidate_labels = jnp.concatenate([all_labels, all_labels])
   same = anchor_labels[:, None] == candidate_labels[None, :]
-  is_self = jnp.arange(similarities.shape[1])[None, :] == self_index[:, None]
   return same & ~is_self, ~same
 
 
@@ -64,10 +64,9 @@ def nt_xent(z1, z2, temperature, axis_name=None):
   `pmean` of per-device gradients is its gradient. Computed in float32 whatever
   the input dtype.
   """
-  similarities, self_index, global_n = _two_view_similarities(z1, z2, axis_name)
-  logits = similarities / temperature
-  columns = jnp.arange(2 * global_n)
-  logits = jnp.where(columns[None, :] == self_index[:, None], -jnp.inf, logits)
+  similarities, self_index, is_self = _two_view_similarities(z1, z2, axis_name)
+  global_n = similarities.shape[1] // 2
+  logits = jnp.where(is_self, -jnp.inf, similarities / temperature)
   positive_index = (self_index + global_n) % (2 * global_n)  # the other view
   positive = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
@@ -82,11 +81,9 @@ def supervised_contrastive(z1, z2, labels, temperature, axis_name=None):
   int [n], one per example; both views share it). With labels all distinct it
   is NT-Xent. Every anchor has at least one positive: its other view.
   """
-  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
-  positive, _ = _label_masks(labels, similarities, self_index, axis_name)
-  columns = jnp.arange(similarities.shape[1])
-  logits = jnp.where(columns[None, :] == self_index[:, None], -jnp.inf,
-                     similarities / temperature)
+  similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
+  positive, _ = _label_masks(labels, is_self, axis_name)
+  logits = jnp.where(is_self, -jnp.inf, similarities / temperature)
   log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
   per_anchor = -jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1) / jnp.sum(positive, axis=1)
   return jnp.mean(per_anchor)
@@ -105,8 +102,8 @@ def batch_hard_triplet(z1, z2, labels, margin, axis_name=None):
   hardest negative), loss_i = max(0, d_ap - d_an + margin), averaged over anchors.
   Distances are Euclidean between unit vectors (0 to 2).
   """
-  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
-  positive, negative = _label_masks(labels, similarities, self_index, axis_name)
+  similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, is_self, axis_name)
   distances = _unit_distances(similarities)
   hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
   hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
@@ -123,8 +120,8 @@ def margin_contrastive(z1, z2, labels, margin, axis_name=None):
   distance between L2-normalised embeddings. Averaging positives and negatives
   separately keeps the few positive pairs from being swamped.
   """
-  similarities, self_index, _ = _two_view_similarities(z1, z2, axis_name)
-  positive, negative = _label_masks(labels, similarities, self_index, axis_name)
+  similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, is_self, axis_name)
   squared = jnp.maximum(2.0 - 2.0 * similarities, 0.0)
   pulled = jnp.sum(jnp.where(positive, squared, 0.0), axis=1) / jnp.sum(positive, axis=1)
   hinge = jax.nn.relu(margin - _unit_distances(similarities)) ** 2

@@ -3,7 +3,7 @@
 import json
 import os
 
-import jax
+from cl_jax import multihost
 
 
 class MetricWriter:
@@ -11,7 +11,7 @@ class MetricWriter:
 
   def __init__(self, workdir, start_step=0):
     """Appends to the run's log, dropping entries after `start_step` (a resumed run redoes them)."""
-    self.enabled = jax.process_index() == 0
+    self.enabled = multihost.is_main_process()
     if not self.enabled:
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

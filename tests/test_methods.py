@@ -95,13 +95,13 @@ def problem(n, d, num_classes, seed):
           rng.integers(0, num_classes, n).astype(np.int32))
 
 
-# (cl_jax loss taking (z1, z2, labels), NumPy reference with the same arguments).
+# (cl_jax loss taking (z1, z2, labels[, axis_name]), NumPy reference taking (z1, z2, labels)).
 PAIRWISE = {
-    "supcon": (lambda a, b, y: losses.supervised_contrastive(a, b, y, 0.2),
+    "supcon": (lambda a, b, y, ax=None: losses.supervised_contrastive(a, b, y, 0.2, ax),
                lambda a, b, y: supcon_numpy(a, b, y, 0.2)),
-    "triplet": (lambda a, b, y: losses.batch_hard_triplet(a, b, y, 0.5),
+    "triplet": (lambda a, b, y, ax=None: losses.batch_hard_triplet(a, b, y, 0.5, ax),
                 lambda a, b, y: triplet_numpy(a, b, y, 0.5)),
-    "margin": (lambda a, b, y: losses.margin_contrastive(a, b, y, 1.2),
+    "margin": (lambda a, b, y, ax=None: losses.margin_contrastive(a, b, y, 1.2, ax),
                lambda a, b, y: margin_numpy(a, b, y, 1.2)),
 }
 
@@ -157,10 +157,8 @@ def test_byol_momentum_follows_the_cosine_schedule():
 
 def linear_loss(name, w, batch, axis_name=None):
   """The pairwise loss `name` of linear embeddings x @ w (w replicated, like parameters)."""
-  ours = {"supcon": lambda a, b, y: losses.supervised_contrastive(a, b, y, 0.2, axis_name),
-          "triplet": lambda a, b, y: losses.batch_hard_triplet(a, b, y, 0.5, axis_name),
-          "margin": lambda a, b, y: losses.margin_contrastive(a, b, y, 1.2, axis_name)}[name]
-  return ours(batch["x1"] @ w, batch["x2"] @ w, batch["y"])
+  ours, _ = PAIRWISE[name]
+  return ours(batch["x1"] @ w, batch["x2"] @ w, batch["y"], axis_name)
 
 
 @pytest.mark.parametrize("name", PAIRWISE)
