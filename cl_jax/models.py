@@ -10,42 +10,51 @@ import jax.numpy as jnp
 _IM2COL_MAX_CHANNELS = 8
 
 
+def _corners(x):
+  """The four inputs of each 2x2 window, in row-major order: [(0,0), (0,1), (1,0), (1,1)]."""
+  height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  return [x[:, i:height:2, j:width:2] for i in (0, 1) for j in (0, 1)]
+
+
 @jax.custom_vjp
 def max_pool_2x2(x):
   """2x2 max pooling with stride 2 (odd edges dropped), NHWC.
 
-  The values of `nn.max_pool(x, (2, 2), (2, 2))`. Its VJP sends each output's
-  gradient to the input(s) equal to the maximum, one fused elementwise pass,
-  instead of XLA's select-and-scatter (or the generic reduce-max VJP), which
-  dominate the backward pass of small CNNs on CPU. Exact ties (measure zero
-  except for zeros after a ReLU, whose gradient is zero anyway) all receive it.
+  The values and the gradient of `nn.max_pool(x, (2, 2), (2, 2))`. The VJP
+  sends each output's gradient to one input of its window, the first maximum
+  in row-major order, as XLA's select-and-scatter does (its `>=` select keeps
+  the first maximum it scans), but in one fused elementwise pass: select-and-
+  scatter dominates the backward pass of small CNNs on CPU. One winner rather
+  than every tied input: ties are the rule on MNIST (the background is exactly
+  0, so after a conv every background window holds four equal values), and
+  giving each tied input the whole gradient multiplies it by up to 4. One
+  winner rather than an equal split, so that this kernel and XLA's give the
+  same gradients and a run does not depend on which one a backend uses.
   """
-  # Four strided slices and elementwise maxima: XLA:CPU fuses this with the
-  # conv and ReLU before it, where a windowed reduce-max does not vectorise.
-  height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-  corner = lambda i, j: x[:, i:height:2, j:width:2]
-  return jnp.maximum(jnp.maximum(corner(0, 0), corner(0, 1)),
-                     jnp.maximum(corner(1, 0), corner(1, 1)))
-
-
-def _windows(x):
-  batch, height, width, channels = x.shape
-  x = x[:, :height // 2 * 2, :width // 2 * 2]
-  return x.reshape(batch, height // 2, 2, width // 2, 2, channels)
+  # Strided slices and elementwise maxima: XLA:CPU fuses this with the conv
+  # and ReLU before it, where a windowed reduce-max does not vectorise.
+  c00, c01, c10, c11 = _corners(x)
+  return jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
 
 
 def _max_pool_fwd(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_bwd(x, grad):
   y = max_pool_2x2(x)
-  return y, (x, y)
-
-
-def _max_pool_bwd(residuals, grad):
-  x, y = residuals
-  windows = _windows(x)
-  spread = lambda a: a[:, :, None, :, None, :]
-  grad_windows = jnp.where(windows == spread(y), spread(grad), 0).astype(x.dtype)
+  taken = jnp.zeros(y.shape, bool)  # an earlier input of the window already won
+  shares = []
+  for corner in _corners(x):
+    wins = (corner == y) & ~taken
+    taken = taken | wins
+    shares.append(jnp.where(wins, grad, 0).astype(x.dtype))
+  # [N, H/2, 2, W/2, 2, C] -> [N, H, W, C]: interleave the corners back.
+  top = jnp.stack(shares[:2], axis=3)
+  bottom = jnp.stack(shares[2:], axis=3)
   batch, height, width, channels = x.shape
-  grad_x = grad_windows.reshape(batch, height // 2 * 2, width // 2 * 2, channels)
+  grad_x = jnp.stack([top, bottom], axis=2).reshape(
+      batch, height // 2 * 2, width // 2 * 2, channels)
   return (jnp.pad(grad_x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0))),)
 
 

@@ -10,6 +10,8 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Where .ci/run (or the developer) points at the four canonical MNIST IDX files.
 MNIST_IDX_ENV = "MNIST_IDX_DIR"
+# Optional, for a developer's loop: a TFDS data dir that keeps the import between sessions.
+TEST_DATA_DIR_ENV = "CL_JAX_TEST_DATA_DIR"
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +21,8 @@ def mnist_data_dir(tmp_path_factory):
   if not src or not os.path.isdir(src):
     pytest.skip(f"set {MNIST_IDX_ENV} to the folder with the MNIST IDX files")
   from cl_jax.data import import_idx  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  import_idx.import_idx(src, "mnist", data_dir)
+  data_dir = os.environ.get(TEST_DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if not tfds.builder("mnist", data_dir=data_dir).is_prepared():
+    import_idx.import_idx(src, "mnist", data_dir)
   return data_dir

@@ -10,15 +10,84 @@ from cl_jax import models
 from configs import mnist_seed
 
 
-@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (1, 7, 7, 2), (3, 14, 9, 1)])
-def test_max_pool_matches_flax_value_and_gradient(shape):
-  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-  np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))  # exact: a max
-  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=reference(x).shape), jnp.float32)
+def flax_max_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def pool_inputs():
+  """Inputs where a wrong tie rule shows: zeros, constant patches, repeated values, MNIST-like
+  sparse images after a ReLU, odd edges, bf16; and random normals (no ties) for the rest."""
+  rng = np.random.default_rng(0)
+  patches = np.kron(rng.integers(0, 3, size=(2, 4, 4, 3)), np.ones((1, 3, 3, 1)))  # 12x12
+  sparse = np.maximum(rng.normal(size=(2, 9, 11, 4)), 0)  # half exact zeros, odd edges
+  rounded = np.round(rng.normal(size=(3, 14, 9, 2)))  # many equal small integers
+  return {
+      "zeros": np.zeros((1, 28, 28, 1)),
+      "constant_patches": patches,
+      "relu_sparse_odd": sparse,
+      "rounded_integers": rounded,
+      "normal": rng.normal(size=(2, 7, 7, 2)),
+  }
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", sorted(pool_inputs()))
+def test_max_pool_matches_flax_value_and_gradient_with_ties(name, dtype):
+  x = jnp.asarray(pool_inputs()[name], dtype)
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_max_pool(x))  # exact: a max
+  cotangent = jnp.asarray(
+      np.random.default_rng(1).normal(size=flax_max_pool(x).shape), dtype)
   grad = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * cotangent))(x)
-  grad_reference = jax.grad(lambda x: jnp.sum(reference(x) * cotangent))(x)
-  np.testing.assert_array_equal(grad, grad_reference)  # exact: no ties in random normals
+  grad_reference = jax.grad(lambda x: jnp.sum(flax_max_pool(x) * cotangent))(x)
+  # Exact: both pick one input per window and copy the cotangent into it.
+  np.testing.assert_array_equal(grad, grad_reference)
+  # Every window passes its whole cotangent to exactly one input.
+  assert np.count_nonzero(np.asarray(grad, np.float32)) == np.count_nonzero(
+      np.asarray(cotangent, np.float32))
+
+
+def test_max_pool_bias_gradient_on_a_blank_image_against_finite_differences():
+  """The issue's check: d/db sum(pool(relu(0 + b))) over a 28x28 blank image is 14*14 = 196."""
+  f = lambda b: jnp.sum(models.max_pool_2x2(jax.nn.relu(jnp.zeros((1, 28, 28, 1)) + b)))
+  step = 1e-2
+  finite_difference = (f(0.5 + step) - f(0.5 - step)) / (2 * step)  # f is linear in b here
+  np.testing.assert_allclose(finite_difference, 196, rtol=1e-4)
+  np.testing.assert_allclose(jax.grad(f)(0.5), finite_difference, rtol=1e-4)
+
+
+def test_max_pool_gradient_on_real_mnist_after_a_conv(mnist_data_dir):
+  """A real MNIST batch through conv + bias + ReLU (every background window ties), then the
+  pool: the gradient equals Flax's, and the bias gradient equals finite differences."""
+  from cl_jax import data  # pylint: disable=g-import-not-at-top
+  images = data.load_split("mnist", "test", mnist_data_dir, max_examples=16).images
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  kernel = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 1, 8)) / 3, jnp.float32)
+  bias = jnp.asarray(np.linspace(0.05, 0.4, 8), jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=(16, 14, 14, 8)), jnp.float32)
+
+  def loss(bias, pool):
+    h = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(pool(jax.nn.relu(h + bias)) * cotangent)
+
+  grad = jax.grad(loss)(bias, models.max_pool_2x2)
+  np.testing.assert_array_equal(grad, jax.grad(loss)(bias, flax_max_pool))
+
+  # Central differences of the same loss in float64 NumPy (after the conv): the loss is
+  # piecewise linear in the bias, and a step of 1e-4 crosses (almost) no kink.
+  h = np.asarray(jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                 np.float64)
+  numpy_pool = lambda a: a.reshape(16, 14, 2, 14, 2, 8).max(axis=(2, 4))
+  numpy_loss = lambda b: np.sum(numpy_pool(np.maximum(h + b, 0)) * np.asarray(cotangent, np.float64))
+  step = 1e-4
+  for channel in range(8):
+    delta = np.zeros(8)
+    delta[channel] = step
+    b = np.asarray(bias, np.float64)
+    fd = (numpy_loss(b + delta) - numpy_loss(b - delta)) / (2 * step)
+    # float32 gradient sums of ~1,600 terms of size ~1: 1e-4 relative, 1e-3 absolute.
+    np.testing.assert_allclose(grad[channel], fd, rtol=1e-4, atol=1e-3)
 
 
 def test_simple_cnn_shapes_and_parameter_count():
