@@ -84,7 +84,9 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   for field in ("temperature", "learning_rate"):
     if not config[field] > 0:
       _fail(field, config[field], "must be > 0")
-  for field in ("num_epochs", "weight_decay", "warmup_epochs", "eval_every_epochs"):
+  if not isinstance(config.num_epochs, int) or config.num_epochs <= 0:
+    _fail("num_epochs", config.num_epochs, "must be a positive integer")
+  for field in ("weight_decay", "warmup_epochs", "eval_every_epochs"):
     if config[field] < 0:
       _fail(field, config[field], "must be >= 0")
   for field in ("max_steps", "max_train_examples", "eval_train_examples"):
@@ -94,10 +96,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
                 "eval_batch_size", "monitor_bank_size", "monitor_query_size"):
     if config[field] <= 0:
       _fail(field, config[field], "must be a positive integer")
-  if config.method == "moco" and (config.queue_size <= 0 or
-                                  config.queue_size % (2 * config.batch_size)):
-    _fail("queue_size", config.queue_size,
-          f"must be a positive multiple of 2 * batch_size ({2 * config.batch_size})")
+  if config.method == "moco" and config.queue_size <= 0:
+    _fail("queue_size", config.queue_size, "must be a positive integer")
   if config.method in methods.MOMENTUM_METHODS and not 0 <= config.momentum < 1:
     _fail("momentum", config.momentum, "must be in [0, 1)")
   if config.method in ("triplet", "margin") and not config.margin > 0:
@@ -105,9 +105,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   if config.method == "byol" and config.model.projection_dim <= 0:
     _fail("model.projection_dim", config.model.projection_dim,
           "byol needs a projection head (> 0) for its predictor")
-  lo, hi = config.augment.crop_scale
-  if not 0 < lo <= hi <= 1:
-    _fail("augment.crop_scale", tuple(config.augment.crop_scale), "need 0 < min <= max <= 1")
+  _check_augment(config.augment)
+  _check_model(config.model)
   fit_sizes = {"the seed protocol's fit set": evaluation.SEED_PROTOCOL_FIT}
   if config.eval_every_epochs > 0:
     fit_sizes["monitor_bank_size"] = config.monitor_bank_size
@@ -119,6 +118,37 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   if config.knn_k <= 0:
     _fail("knn_k", config.knn_k, "must be a positive integer")
   check_dataset(config.dataset)
+
+
+def _check_augment(augment):
+  lo, hi = augment.crop_scale
+  if not 0 < lo <= hi <= 1:
+    _fail("augment.crop_scale", tuple(augment.crop_scale), "need 0 < min <= max <= 1")
+  lo, hi = augment.crop_ratio
+  if not 0 < lo <= hi:
+    _fail("augment.crop_ratio", tuple(augment.crop_ratio), "need 0 < min <= max")
+  for field in ("rotation_degrees", "elastic_alpha"):
+    if augment[field] < 0:
+      _fail(f"augment.{field}", augment[field], "must be >= 0")
+  if not 0 <= augment.shear_degrees < 90:  # tan(90 degrees) is infinite
+    _fail("augment.shear_degrees", augment.shear_degrees, "must be in [0, 90)")
+  if not isinstance(augment.elastic_grid, int) or augment.elastic_grid <= 0:
+    _fail("augment.elastic_grid", augment.elastic_grid, "must be a positive integer")
+
+
+def _check_model(model):
+  widths = {"model.conv_features": tuple(model.conv_features),
+            "model.projection_hidden": tuple(model.projection_hidden)}
+  for field, values in widths.items():
+    if not all(isinstance(v, int) and v > 0 for v in values):
+      _fail(field, values, "every width must be a positive integer")
+  if not model.conv_features:
+    _fail("model.conv_features", (), "needs at least one conv block")
+  for field in ("convs_per_block", "dense_features"):
+    if not isinstance(model[field], int) or model[field] <= 0:
+      _fail(f"model.{field}", model[field], "must be a positive integer")
+  if not isinstance(model.projection_dim, int) or model.projection_dim < 0:
+    _fail("model.projection_dim", model.projection_dim, "must be 0 (no head) or positive")
 
 
 def check_workdir(workdir):

@@ -42,7 +42,7 @@ def get_config():
   config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
   config.margin = 0.5  # Margin of triplet and margin, in distances between unit vectors (0 to 2).
   config.momentum = 0.99  # EMA rate of moco's key network; byol's starting rate (cosine to 1).
-  config.queue_size = 4096  # moco: keys in the queue of negatives; a multiple of 2 * batch_size.
+  config.queue_size = 4096  # moco: keys in the queue of negatives (a ring buffer; any positive size).
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
   config.max_steps = -1  # Stop after this many steps in total; -1 = no limit.

@@ -1,5 +1,6 @@
 """Evaluates a run's workdir: metrics, raw-pixel baselines, plots, results.json, report.md."""
 
+import hashlib
 import json
 import os
 
@@ -60,8 +61,13 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
 
 
 def raw_pixel_metrics(train, test, config):
-  """The same metrics on raw pixels, computed once per dataset and k, then cached."""
-  name = f"raw_pixels_{config.dataset}_k{config.knn_k}_train{len(train)}.json"
+  """The same metrics on raw pixels, computed once per data and k, then cached.
+
+  The cache is keyed by the data's fingerprint (not the dataset's name), so two
+  copies of a dataset that differ in content or order never share an entry.
+  """
+  data_key = hashlib.sha256((train.fingerprint() + test.fingerprint()).encode()).hexdigest()
+  name = f"raw_pixels_{config.dataset}_k{config.knn_k}_{data_key[:16]}.json"
   path = os.path.join(cache_dir(config), name)
   cached = read_json(path)
   if cached:
@@ -168,6 +174,8 @@ def evaluate_run(config, workdir, progress=True):
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
+  # Which data the metrics were computed on (content and canonical order).
+  results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
 
   if multihost.is_main_process():
     with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:

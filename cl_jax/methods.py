@@ -22,7 +22,6 @@ import optax
 
 from cl_jax import losses
 
-METHODS = ("simclr", "moco", "byol", "supcon", "triplet", "margin")
 MOMENTUM_METHODS = ("moco", "byol")
 
 
@@ -47,34 +46,63 @@ def _two_views_through(apply_fn, params, view1, view2, predict=False):
   return jnp.split(outputs, 2)
 
 
+def _byol_loss(params, state, view1, view2, batch, config, axis_name):
+  del batch, config, axis_name
+  p1, p2 = _two_views_through(state.apply_fn, params, view1, view2, predict=True)
+  t1, t2 = jax.lax.stop_gradient(
+      _two_views_through(state.apply_fn, state.momentum_params, view1, view2))
+  return losses.byol_regression(p1, t2) + losses.byol_regression(p2, t1), None
+
+
+def _moco_loss(params, state, view1, view2, batch, config, axis_name):
+  del batch, axis_name
+  z1, z2 = _two_views_through(state.apply_fn, params, view1, view2)
+  k1, k2 = jax.lax.stop_gradient(
+      _two_views_through(state.apply_fn, state.momentum_params, view1, view2))
+  value = 0.5 * (losses.queue_infonce(z1, k2, state.queue, config.temperature) +
+                 losses.queue_infonce(z2, k1, state.queue, config.temperature))
+  return value, losses.l2_normalize(jnp.concatenate([k1, k2]))
+
+
+def _pairwise_loss(pairwise, label_key):
+  """A loss over the global batch's views from the projections of both views: `pairwise(z1,
+  z2, labels, config, axis_name)` with `labels = batch[label_key]` (None: not used)."""
+  def method_loss(params, state, view1, view2, batch, config, axis_name):
+    z1, z2 = _two_views_through(state.apply_fn, params, view1, view2)
+    labels = batch[label_key] if label_key else None
+    return pairwise(z1, z2, labels, config, axis_name), None
+  return method_loss
+
+
+# Each method's loss(params, state, view1, view2, batch, config, axis_name) -> (loss, new keys).
+_LOSSES = {
+    "simclr": _pairwise_loss(
+        lambda z1, z2, _, c, axis: losses.nt_xent(z1, z2, c.temperature, axis), None),
+    "moco": _moco_loss,
+    "byol": _byol_loss,
+    "supcon": _pairwise_loss(
+        lambda z1, z2, y, c, axis: losses.supervised_contrastive(z1, z2, y, c.temperature, axis),
+        "label"),
+    # The other view of the same image is the only positive: labels are dataset indices.
+    "triplet": _pairwise_loss(
+        lambda z1, z2, i, c, axis: losses.batch_hard_triplet(z1, z2, i, c.margin, axis), "index"),
+    "margin": _pairwise_loss(
+        lambda z1, z2, i, c, axis: losses.margin_contrastive(z1, z2, i, c.margin, axis), "index"),
+}
+METHODS = tuple(_LOSSES)
+
+
 def loss(params, state, view1, view2, batch, config, axis_name):
   """The method's loss on this device's share of the batch; returns (loss, MoCo's new keys).
 
   Differentiated with respect to `params` only: the momentum network and the
   queue are constants of the step. The new keys (None except for MoCo) are
-  this device's [2n, d] unit keys, views 1 then views 2.
+  this device's [2n, d] unit keys, views 1 then views 2. An unknown
+  `config.method` raises ValueError (also when the config was never validated).
   """
-  method = config.method
-  if method == "byol":
-    p1, p2 = _two_views_through(state.apply_fn, params, view1, view2, predict=True)
-    t1, t2 = jax.lax.stop_gradient(
-        _two_views_through(state.apply_fn, state.momentum_params, view1, view2))
-    return losses.byol_regression(p1, t2) + losses.byol_regression(p2, t1), None
-  z1, z2 = _two_views_through(state.apply_fn, params, view1, view2)
-  if method == "moco":
-    k1, k2 = jax.lax.stop_gradient(
-        _two_views_through(state.apply_fn, state.momentum_params, view1, view2))
-    value = 0.5 * (losses.queue_infonce(z1, k2, state.queue, config.temperature) +
-                   losses.queue_infonce(z2, k1, state.queue, config.temperature))
-    return value, losses.l2_normalize(jnp.concatenate([k1, k2]))
-  if method == "supcon":
-    return losses.supervised_contrastive(z1, z2, batch["label"], config.temperature,
-                                         axis_name), None
-  if method == "triplet":
-    return losses.batch_hard_triplet(z1, z2, batch["index"], config.margin, axis_name), None
-  if method == "margin":
-    return losses.margin_contrastive(z1, z2, batch["index"], config.margin, axis_name), None
-  return losses.nt_xent(z1, z2, config.temperature, axis_name), None
+  if config.method not in _LOSSES:
+    raise ValueError(f"config.method={config.method!r}; allowed: {', '.join(METHODS)}")
+  return _LOSSES[config.method](params, state, view1, view2, batch, config, axis_name)
 
 
 def momentum(config, step, total_steps):
@@ -106,8 +134,15 @@ def update_state(state, step, new_keys, config, total_steps, axis_name):
     if axis_name is not None:
       k1 = jax.lax.all_gather(k1, axis_name, tiled=True)
       k2 = jax.lax.all_gather(k2, axis_name, tiled=True)
-    keys = jnp.concatenate([k1, k2])
-    queue = jax.lax.dynamic_update_slice_in_dim(state.queue, keys, state.queue_next, axis=0)
-    state = state.replace(queue=queue,
-                          queue_next=(state.queue_next + len(keys)) % config.queue_size)
+    queue, queue_next = enqueue(state.queue, state.queue_next, jnp.concatenate([k1, k2]))
+    state = state.replace(queue=queue, queue_next=queue_next)
   return state
+
+
+def enqueue(queue, queue_next, keys):
+  """Writes `keys` [K, d] into the ring buffer `queue` [Q, d] from row `queue_next`, wrapping
+  past the end; returns (queue, next row). With K > Q only the newest Q keys are kept."""
+  size, count = queue.shape[0], keys.shape[0]
+  dropped = max(count - size, 0)  # static: shapes are known at trace time
+  rows = (queue_next + dropped + jnp.arange(count - dropped)) % size
+  return queue.at[rows].set(keys[dropped:], unique_indices=True), (queue_next + count) % size

@@ -17,7 +17,21 @@ BAD_INPUTS = [
     ({"temperature": 0.0}, "config.temperature=0.0: must be > 0"),
     ({"temperature": -0.5}, "config.temperature=-0.5: must be > 0"),
     ({"learning_rate": 0.0}, "config.learning_rate=0.0: must be > 0"),
-    ({"num_epochs": -1}, "config.num_epochs=-1: must be >= 0"),
+    ({"num_epochs": -1}, "config.num_epochs=-1: must be a positive integer"),
+    # 0 epochs trained nothing and ended in a traceback at the final evaluation.
+    ({"num_epochs": 0}, "config.num_epochs=0: must be a positive integer"),
+    ({"augment.crop_ratio": (0.0, 1.0)}, "config.augment.crop_ratio=(0.0, 1.0): need 0 < min <= max"),
+    ({"augment.crop_ratio": (1.5, 0.5)}, "config.augment.crop_ratio=(1.5, 0.5): need 0 < min <= max"),
+    ({"augment.shear_degrees": 90.0}, "config.augment.shear_degrees=90.0: must be in [0, 90)"),
+    ({"augment.elastic_grid": 0}, "config.augment.elastic_grid=0: must be a positive integer"),
+    ({"augment.rotation_degrees": -1.0}, "config.augment.rotation_degrees=-1.0: must be >= 0"),
+    ({"model.conv_features": (16, 0)},
+     "config.model.conv_features=(16, 0): every width must be a positive integer"),
+    ({"model.dense_features": 0}, "config.model.dense_features=0: must be a positive integer"),
+    ({"model.projection_hidden": (-4,)},
+     "config.model.projection_hidden=(-4,): every width must be a positive integer"),
+    ({"model.projection_dim": -1}, "config.model.projection_dim=-1: must be 0 (no head) or positive"),
+    ({"method": "moco", "queue_size": 0}, "config.queue_size=0: must be a positive integer"),
     ({"max_steps": 0}, "config.max_steps=0: must be -1 (no limit) or a positive integer"),
     ({"method": "barlow"},
      "config.method='barlow': allowed: simclr, moco, byol, supcon, triplet, margin"),
@@ -35,10 +49,23 @@ BAD_INPUTS = [
 def test_bad_values_are_named(overrides, message):
   config = default_config.get_config()
   for field, value in overrides.items():
-    config[field] = value
+    *parents, name = field.split(".")
+    target = config
+    for parent in parents:
+      target = target[parent]
+    target[name] = value
   with pytest.raises(config_validation.ConfigError) as info:
     config_validation.validate(config, 8, default_config.get_config())
   assert str(info.value) == message
+
+
+def test_unknown_method_is_refused_without_validation():
+  """The library called directly (no validate) must not fall through to NT-Xent."""
+  from cl_jax import methods  # pylint: disable=g-import-not-at-top
+  config = default_config.get_config()
+  config.method = "barlow"
+  with pytest.raises(ValueError, match="config.method='barlow'"):
+    methods.loss(None, None, None, None, None, config, None)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -188,7 +188,7 @@ def test_pairwise_losses_span_devices(name):
 def moco_config():
   config = mnist_seed.get_config()
   config.method = "moco"
-  config.queue_size = 96  # 1.5 batches of 2 x 32 keys: the third step wraps around.
+  config.queue_size = 96  # 1.5 batches of 2 x 32 keys: the second step wraps around.
   config.optimizer, config.learning_rate = "sgd", 0.1  # SGD: parameter errors stay linear
   config.temperature = 0.2
   return config
@@ -222,7 +222,7 @@ def moco_one_device():
 
 def test_moco_queue_and_key_network_span_devices(moco_one_device):
   """MoCo over 4 devices equals 1 device: losses, parameters, key network and queue
-  (which wraps around on the third step)."""
+  (which wraps around on the second step)."""
   states_one, losses_one = moco_one_device
   states_four, losses_four = run_steps(moco_config(), 4)
   one, four = states_one[-1], states_four[-1]
@@ -261,6 +261,38 @@ def test_moco_first_step_enqueues_the_key_networks_views_and_moves_the_ema(moco_
                            jax.tree.leaves(initial.params)):
     np.testing.assert_allclose(ema, 0.99 * np.asarray(old) + 0.01 * np.asarray(new),
                                rtol=1e-6, atol=1e-7)
+
+
+def enqueue_numpy(queue, start, keys):
+  """A ring buffer written one row at a time."""
+  queue = np.array(queue)
+  for i, key in enumerate(keys):
+    queue[(start + i) % len(queue)] = key
+  return queue, (start + len(keys)) % len(queue)
+
+
+@pytest.mark.parametrize("size,count,steps", [(96, 64, 3), (50, 64, 2), (64, 64, 2), (7, 3, 5)])
+def test_enqueue_wraps_around_like_a_ring_buffer(size, count, steps):
+  """Wrapping writes (96 rows, 64 keys: the second step writes rows 64-95 then 0-31), more keys
+  than rows (only the newest stay), exact fits, and many small wraps."""
+  rng = np.random.default_rng(size)
+  queue, start = rng.normal(size=(size, 3)).astype(np.float32), 0
+  expected, expected_start = queue, 0
+  for _ in range(steps):
+    keys = rng.normal(size=(count, 3)).astype(np.float32)
+    queue, start = methods.enqueue(jnp.asarray(queue), jnp.int32(start), jnp.asarray(keys))
+    expected, expected_start = enqueue_numpy(expected, expected_start, keys)
+    np.testing.assert_array_equal(queue, expected)  # exact: copies
+    assert int(start) == expected_start
+
+
+def test_moco_second_step_wraps_the_queue(moco_one_device):
+  """Step 2 (keys 64..127 of the run) lands in rows 64-95 and 0-31; rows 32-63 keep step 1's."""
+  first, second = moco_one_device[0][0], moco_one_device[0][1]
+  np.testing.assert_array_equal(second.queue[32:64], first.queue[32:64])
+  assert not np.any(np.all(second.queue[64:] == first.queue[64:], axis=1))
+  assert not np.any(np.all(second.queue[:32] == first.queue[:32], axis=1))
+  assert int(second.queue_next) == 32
 
 
 @pytest.mark.slow

@@ -1,6 +1,18 @@
-"""Whole-split in-memory loading of TFDS image-classification datasets."""
+"""Whole-split in-memory loading of TFDS image-classification datasets, in one defined order.
+
+TFDS's own download of a dataset shuffles the examples when it prepares them,
+while the offline import (`import_idx`) keeps the IDX files' order; so "the
+first N images" would name different images depending on where the data came
+from. `load_split` therefore puts every split in its canonical order, sorted by
+each example's content digest (SHA-256 of the image bytes and the label): the
+same order however the data were prepared, and a fixed pseudo-random order
+that is not grouped by class or writer. Every protocol that takes "the first N"
+(`max_train_examples`, the monitor's bank and queries, the seed protocol's
+8,000 / 2,000 split, `eval_train_examples`) reads that order.
+"""
 
 import dataclasses
+import hashlib
 import os
 
 import numpy as np
@@ -21,6 +33,20 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
+  def fingerprint(self):
+    """SHA-256 (hex) of the images and labels in order: names exactly this data."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(self.images).tobytes())
+    digest.update(np.ascontiguousarray(self.labels, np.int32).tobytes())
+    return digest.hexdigest()
+
+
+def canonical_order(images, labels):
+  """Indices sorting examples by SHA-256 of (image bytes, int32 label); stable for equal ones."""
+  digests = [hashlib.sha256(image.tobytes() + np.int32(label).tobytes()).digest()
+             for image, label in zip(images, labels)]
+  return np.array(sorted(range(len(digests)), key=digests.__getitem__), np.int64)
+
 
 def _hide_gpus_from_tensorflow():
   # TF is only a reader here; without this it would grab accelerator memory.
@@ -36,7 +62,8 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
     split: TFDS split name ("train", "test").
     data_dir: TFDS data dir; None or "" means TFDS's default ($TFDS_DATA_DIR or
       ~/tensorflow_datasets).
-    max_examples: keep only the first this many examples; -1 keeps all.
+    max_examples: keep only the first this many examples (in the canonical
+      order, see the module docstring); -1 keeps all.
     download: let TFDS download and prepare the dataset when it is missing
       (needs internet; without it TFDS retries for minutes before failing).
   """
@@ -58,10 +85,13 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
       raise DatasetNotPreparedError(
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and could not be "
           f"downloaded ({type(e).__name__}). {fix}") from e
-  tfds_split = split if max_examples < 0 else f"{split}[:{max_examples}]"
-  data = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))
-  return Split(images=np.asarray(data["image"], np.uint8),
-               labels=np.asarray(data["label"], np.int32))
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+  images = np.asarray(data["image"], np.uint8)
+  labels = np.asarray(data["label"], np.int32)
+  order = canonical_order(images, labels)
+  if max_examples >= 0:
+    order = order[:max_examples]
+  return Split(images=images[order], labels=labels[order])
 
 
 def default_data_dir():
