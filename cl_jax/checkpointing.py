@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import time
 
 import jax
 import numpy as np
@@ -19,11 +20,13 @@ def checkpoint_dir(workdir):
 _METHOD_FIELDS = ("momentum_params", "queue", "queue_next")
 
 
-def state_to_tree(state, rng):
-  """The host pytree that is checkpointed: step, params, optimizer state, base key, and
-  the method's momentum network and queue where it has them."""
+def state_to_tree(state, rng, schedule_steps):
+  """The host pytree that is checkpointed: step, params, optimizer state, base key, the
+  length of the learning-rate (and momentum) schedule, and the method's momentum network
+  and queue where it has them."""
   tree = {"step": np.asarray(state.step), "params": state.params,
-          "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng))}
+          "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng)),
+          "schedule_steps": np.asarray(schedule_steps, np.int64)}
   for field in _METHOD_FIELDS:
     if getattr(state, field, None) is not None:
       tree[field] = getattr(state, field)
@@ -31,14 +34,24 @@ def state_to_tree(state, rng):
 
 
 def tree_to_state(tree, state_template):
-  """Inverse of `state_to_tree`: returns (state, base key)."""
+  """Inverse of `state_to_tree`: returns (state, base key, schedule steps or None).
+
+  Checkpoints written before the schedule's length was saved give None.
+  """
   state = state_template.replace(step=tree["step"], params=tree["params"],
                                  opt_state=tree["opt_state"],
                                  **{f: tree[f] for f in _METHOD_FIELDS if f in tree})
-  return state, jax.random.wrap_key_data(tree["rng"])
+  schedule_steps = int(tree["schedule_steps"]) if "schedule_steps" in tree else None
+  return state, jax.random.wrap_key_data(tree["rng"]), schedule_steps
+
+
+# Keys a checkpoint may lack (written by an earlier version); restored only where present.
+_OPTIONAL_KEYS = ("schedule_steps",)
 
 
 # Config fields a resumed run may change: they do not alter the training math.
+# (`max_steps` only says where to stop; the schedule's length comes from
+# `num_epochs` and is saved with the checkpoint.)
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "num_devices", "parallel", "progress_bar", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "resume", "data_dir", "data_download",
@@ -68,6 +81,22 @@ def config_differences(saved_config_json, config):
           if k.split(".")[0] not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)}
 
 
+# TensorStore status codes that mean the stored bytes are missing or damaged (a torn write),
+# as opposed to the storage being unreachable (UNAVAILABLE, DEADLINE_EXCEEDED,
+# PERMISSION_DENIED, UNKNOWN, ...), which a later run can still read.
+_CORRUPTION_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION")
+
+
+def is_corruption(error):
+  """Whether a restore error proves the checkpoint's data incomplete or damaged."""
+  message = str(error)
+  if isinstance(error, KeyError) and "was not found in the checkpoint" in message:
+    return True  # the item folder is missing: the step folder is an empty shell
+  if isinstance(error, FileNotFoundError):
+    return True
+  return isinstance(error, ValueError) and message.startswith(_CORRUPTION_CODES)
+
+
 class Checkpointer:
   """Saves and restores host pytrees under WORKDIR/checkpoints with a CheckpointManager."""
 
@@ -81,28 +110,43 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True))
 
-  def restore_latest(self, target):
-    """Restores the newest checkpoint that reads back into `target`'s structure.
+  def restore_latest(self, target, attempts=3, retry_seconds=1.0):
+    """Restores the newest usable checkpoint into `target`'s structure.
 
-    An unreadable checkpoint (truncated or missing files) is moved aside to
-    `corrupt-<step>` with a warning, and the previous one is tried. Returns
-    (step, tree), or (None, None) when there are no checkpoints; raises
-    CheckpointError when there are some but none is readable.
+    Each checkpoint is read up to `attempts` times (a flaky network file system
+    or bucket mount often recovers). What a read that keeps failing means:
+    - the data are provably incomplete or unreadable (a missing item folder,
+      a truncated or missing data file, a corrupt stream: TensorStore's
+      DATA_LOSS, OUT_OF_RANGE, NOT_FOUND, FAILED_PRECONDITION): the step is
+      moved aside to `corrupt-<step>` with a warning and the previous one tried;
+    - another tree structure (a different method or model under resume=force):
+      CheckpointError, the checkpoint left in place;
+    - anything else (I/O errors, permissions, time-outs): CheckpointError, the
+      checkpoint left in place: re-run once the storage is back.
+    With several processes each one reads, and they decide together: any error
+    stops all of them; else a step that any process found corrupt is set aside
+    by all of them.
+
+    Returns (step, tree), or (None, None) when there are no checkpoints.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
-    skipped = []
+    corrupt = []
     for step in steps:
-      try:
-        tree = self.restore(step, target)
-      except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
-        logging.warning("checkpoint at step %d is unreadable, skipping it: %s",
-                        step, str(e).splitlines()[0][:300])
-        skipped.append(step)
+      verdict, tree, detail = self._try_restore(step, target, attempts, retry_seconds)
+      verdict = multihost.worst_verdict(verdict)
+      if verdict == multihost.ERROR:
+        raise CheckpointError(
+            f"could not read the checkpoint at step {step} in {self.directory} "
+            f"({detail or 'failed on another process'}); it was left in place")
+      if verdict == multihost.CORRUPT:
+        logging.warning("checkpoint at step %d is unreadable, skipping it: %s", step,
+                        detail or "found corrupt by another process")
+        corrupt.append(step)
         continue
-      if skipped:
-        self._set_aside(skipped)
+      if corrupt:
+        self._set_aside(corrupt)
         logging.warning("resumed from step %d; unreadable checkpoints moved aside: %s",
-                        step, ", ".join(f"corrupt-{s}" for s in skipped))
+                        step, ", ".join(f"corrupt-{s}" for s in corrupt))
       return step, tree
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps "
@@ -110,8 +154,28 @@ class Checkpointer:
                             "start afresh")
     return None, None
 
+  def _try_restore(self, step, target, attempts, retry_seconds):
+    """Returns (verdict, tree or None, first line of the error or "")."""
+    for attempt in range(attempts):
+      try:
+        return multihost.OK, self._restore_present(step, target), ""
+      except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+        error = e
+      if attempt + 1 < attempts:
+        time.sleep(retry_seconds * 2**attempt)
+    detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    return (multihost.CORRUPT if is_corruption(error) else multihost.ERROR), None, detail
+
+  def _restore_present(self, step, target):
+    """Restores `target`'s structure, leaving out optional keys the checkpoint lacks."""
+    saved = self.manager.item_metadata(step)
+    saved_keys = set(saved.keys()) if saved is not None else set()
+    target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
+    return self.restore(step, target)
+
   def _set_aside(self, steps):
-    """Renames unreadable step folders so that Orbax saves newer steps again."""
+    """Renames unreadable step folders so that Orbax saves newer steps again (all processes
+    call it: closing and reopening the manager are collectives)."""
     self.manager.close()
     if multihost.is_main_process():
       for step in steps:

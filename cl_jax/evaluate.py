@@ -2,7 +2,8 @@
 
 Restores the latest checkpoint of the run in W (with the config it saved) and
 recomputes k-NN, linear probe, raw-pixel baselines, t-SNE, plots, results.json
-and report.md.
+and report.md. Under several processes, give every process the same flags as
+cl_jax.train (--distributed, or --coordinator_address/--num_processes/--process_id).
 """
 
 import json
@@ -14,8 +15,10 @@ from absl import flags
 import ml_collections
 
 from cl_jax import evaluator
+from cl_jax import multihost
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
+multihost.define_flags()
 
 
 def main(argv):
@@ -28,13 +31,15 @@ def main(argv):
     sys.exit(2)
   with open(config_path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
+  multihost.initialize_from_flags()
   try:
     results = evaluator.evaluate_run(config, _WORKDIR.value)
   except evaluator.NoCheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(evaluator.results_table(results))
-  print(f"wrote results.json, report.md, tsne.png, loss.png, knn.png to {_WORKDIR.value}")
+  if multihost.is_main_process():
+    print(evaluator.results_table(results))
+    print(f"wrote results.json, report.md, tsne.png, loss.png, knn.png to {_WORKDIR.value}")
 
 
 if __name__ == "__main__":

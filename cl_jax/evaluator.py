@@ -80,7 +80,8 @@ def raw_pixel_metrics(train, test, config):
 
 
 def restore_params(workdir):
-  """Parameters of the latest checkpoint in WORKDIR, as a host pytree."""
+  """Parameters of the latest checkpoint in WORKDIR, as a host pytree (every process calls
+  it: opening and closing Orbax's manager are collectives)."""
   checkpointer = checkpointing.Checkpointer(workdir)
   step = checkpointer.latest_step()
   if step is None:
@@ -157,15 +158,29 @@ def write_report(workdir, config, results):
 def evaluate_run(config, workdir, progress=True):
   """Restores WORKDIR's latest checkpoint and (re)computes every metric and picture.
 
-  Only process 0 writes. Returns the merged results dict (training results plus
-  evaluation keys).
+  Under jax.distributed every process calls it: the restore is an Orbax
+  collective; then process 0 alone embeds (on its own devices), computes and
+  writes while the others wait for it. Returns the merged results dict
+  (training results plus evaluation keys) on every process.
   """
   step, params = restore_params(workdir)
+  if not multihost.is_main_process():
+    multihost.wait_for_every_process("evaluation_written")
+    return read_json(os.path.join(workdir, "results.json"))
+  results = _evaluate_on_this_process(config, workdir, step, params, progress)
+  multihost.wait_for_every_process("evaluation_written")
+  return results
+
+
+def _evaluate_on_this_process(config, workdir, step, params, progress):
+  """The evaluation proper, on this process's devices; writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
   train = data.load_split(config.dataset, "train", data_dir, config.eval_train_examples,
                           config.data_download)
   test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
   model = models.create_model(config)
+  # Local devices only (embed's default): a mesh over every process's devices would
+  # make the forward passes collectives that the waiting processes never enter.
   train_x, _ = evaluation.embed(model, params, train.images, config.eval_batch_size,
                                 progress=progress)
   test_x, _ = evaluation.embed(model, params, test.images, config.eval_batch_size,
@@ -177,17 +192,16 @@ def evaluate_run(config, workdir, progress=True):
   # Which data the metrics were computed on (content and canonical order).
   results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
 
-  if multihost.is_main_process():
-    with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:
-      count = min(config.tsne_points, len(test))
-      points = evaluation.tsne_2d(test_x[:count], seed=config.seed)
-      bar.update(1)
-    plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"))
-    entries = read_metrics(workdir)
-    plot_series(entries, "loss", os.path.join(workdir, "loss.png"), f"{config.method} loss",
-                "training loss")
-    plot_series(entries, "knn_monitor", os.path.join(workdir, "knn.png"), "accuracy",
-                f"online cosine k-NN (k={config.knn_k}) on a held subset")
-    write_json(os.path.join(workdir, "results.json"), results)
-    write_report(workdir, config, results)
+  with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:
+    count = min(config.tsne_points, len(test))
+    points = evaluation.tsne_2d(test_x[:count], seed=config.seed)
+    bar.update(1)
+  plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"))
+  entries = read_metrics(workdir)
+  plot_series(entries, "loss", os.path.join(workdir, "loss.png"), f"{config.method} loss",
+              "training loss")
+  plot_series(entries, "knn_monitor", os.path.join(workdir, "knn.png"), "accuracy",
+              f"online cosine k-NN (k={config.knn_k}) on a held subset")
+  write_json(os.path.join(workdir, "results.json"), results)
+  write_report(workdir, config, results)
   return results

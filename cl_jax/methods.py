@@ -105,18 +105,18 @@ def loss(params, state, view1, view2, batch, config, axis_name):
   return _LOSSES[config.method](params, state, view1, view2, batch, config, axis_name)
 
 
-def momentum(config, step, total_steps):
+def momentum(config, step, schedule_steps):
   """EMA rate of the momentum network at (0-based) `step`.
 
   MoCo: constant `config.momentum`. BYOL: increased from `config.momentum` to 1
-  along a cosine over the run, 1 - (1 - m) (cos(pi step / total_steps) + 1) / 2.
+  along a cosine over the run, 1 - (1 - m) (cos(pi step / schedule_steps) + 1) / 2.
   """
   if config.method == "byol":
-    return 1.0 - (1.0 - config.momentum) * (jnp.cos(math.pi * step / total_steps) + 1.0) / 2.0
+    return 1.0 - (1.0 - config.momentum) * (jnp.cos(math.pi * step / schedule_steps) + 1.0) / 2.0
   return config.momentum
 
 
-def update_state(state, step, new_keys, config, total_steps, axis_name):
+def update_state(state, step, new_keys, config, schedule_steps, axis_name):
   """After the optimizer step: the EMA of the new parameters, and MoCo's enqueue.
 
   Updating the copy from the parameters just updated is MoCo's and BYOL's order
@@ -126,7 +126,7 @@ def update_state(state, step, new_keys, config, total_steps, axis_name):
   """
   if config.method not in MOMENTUM_METHODS:
     return state
-  rate = momentum(config, step, total_steps)
+  rate = momentum(config, step, schedule_steps)
   state = state.replace(momentum_params=optax.incremental_update(
       state.params, state.momentum_params, 1.0 - rate))
   if config.method == "moco":

@@ -6,8 +6,29 @@ the devices of every process and jitted computations over a mesh of them are
 collective across processes (NCCL on GPU, ICI/DCN on TPU, Gloo on CPU).
 """
 
+from absl import flags
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
+
+
+def define_flags():
+  """The command-line flags of a multi-process run (shared by cl_jax.train and cl_jax.evaluate)."""
+  flags.DEFINE_bool(
+      "distributed", False, "Call jax.distributed.initialize() (implied by the three flags "
+      "below); what they leave unset is auto-detected (TPU pod slice, SLURM, Open MPI).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, reachable from every process.")
+  flags.DEFINE_integer("num_processes", None, "How many processes in all.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. n-1.")
+
+
+def initialize_from_flags():
+  """Joins the cluster if `define_flags`' flags ask for it; call before anything touches JAX."""
+  values = flags.FLAGS
+  cluster = (values.coordinator_address, values.num_processes, values.process_id)
+  if values.distributed or any(value is not None for value in cluster):
+    initialize(*cluster)
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None):
@@ -45,3 +66,22 @@ def preemption_requested(step):
   step, so that all processes save the same checkpoint (a collective) and stop.
   """
   return multihost_utils.reached_preemption_sync_point(step)
+
+
+# Restore verdicts, ordered by severity (see checkpointing.Checkpointer.restore_latest).
+OK, CORRUPT, ERROR = 0, 1, 2
+
+
+def worst_verdict(verdict):
+  """The most severe of every process's `verdict` (each process passes its own)."""
+  if not is_multiprocess():
+    return verdict
+  return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
+
+
+def wait_for_every_process(name, timeout_seconds=7200):
+  """A barrier on JAX's coordination service (no device collective, so no collective
+  time-out): for processes that wait while process 0 alone works (the evaluation)."""
+  if is_multiprocess():
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_seconds * 1000)

@@ -20,13 +20,7 @@ from cl_jax import trainer
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
                                required=True)
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (implied by the three flags below); "
-    "what they leave unset is auto-detected (TPU pod slice, SLURM, Open MPI).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, reachable from every process.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes in all.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. n-1.")
+multihost.define_flags()
 
 
 def parse_flags(argv):
@@ -44,9 +38,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if _DISTRIBUTED.value or any(value is not None for value in cluster):
-    multihost.initialize(*cluster)  # before anything else touches JAX's backends
+  multihost.initialize_from_flags()  # before anything else touches JAX's backends
   try:
     trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
   except (config_validation.ConfigError, data.DatasetNotPreparedError,

@@ -12,12 +12,13 @@ from cl_jax import augment
 from cl_jax import methods
 
 
-def create_optimizer(config, steps_per_epoch, total_steps):
-  """Adam, AdamW or SGD (momentum 0.9) with an optional linear warm-up and cosine decay."""
+def create_optimizer(config, steps_per_epoch, schedule_steps):
+  """Adam, AdamW or SGD (momentum 0.9) with an optional linear warm-up and a cosine decay
+  to 0 at `schedule_steps`."""
   warmup_steps = int(config.warmup_epochs * steps_per_epoch)
   if config.lr_schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1))
+        0.0, config.learning_rate, warmup_steps, max(schedule_steps, warmup_steps + 1))
   elif warmup_steps > 0:
     schedule = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
   else:
@@ -52,7 +53,7 @@ def example_keys(rng, indices):
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
 
-def train_step(state, batch, rng, *, config, axis_name=None, total_steps=None):
+def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None):
   """One step of `config.method` on this device's shard of the global batch.
 
   Args:
@@ -62,7 +63,7 @@ def train_step(state, batch, rng, *, config, axis_name=None, total_steps=None):
     rng: the step's key (the same on every device).
     config: the run config (static).
     axis_name: the devices' named axis, or None on a single device.
-    total_steps: the run's length (BYOL's momentum schedule).
+    schedule_steps: the schedule's length (BYOL's momentum schedule).
   Returns:
     (new state, {"loss", "grad_norm", "param_norm"}), identical on every device.
   """
@@ -76,7 +77,7 @@ def train_step(state, batch, rng, *, config, axis_name=None, total_steps=None):
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   step = state.step
   state = state.apply_gradients(grads=grads)
-  state = methods.update_state(state, step, new_keys, config, total_steps, axis_name)
+  state = methods.update_state(state, step, new_keys, config, schedule_steps, axis_name)
   # param_norm lets the loop refuse to checkpoint parameters that overflowed.
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(state.params)}

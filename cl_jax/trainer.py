@@ -82,13 +82,13 @@ class OnDeviceTraining:
   but the cached permutation, so any step can be run first (resuming).
   """
 
-  def __init__(self, config, devices, images, labels, total_steps):
+  def __init__(self, config, devices, images, labels, schedule_steps):
     self.batch_size = config.batch_size
     self.num_examples = len(images)
     self.steps_per_epoch = self.num_examples // self.batch_size
     self.dp = parallel.DataParallel(
         functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS,
-                          total_steps=total_steps),
+                          schedule_steps=schedule_steps),
         config.parallel, devices)
     self.data = jax.device_put({"image": images, "label": labels},
                                self.dp.replicated_sharding() or devices[0])
@@ -194,27 +194,36 @@ def train_and_evaluate(config, workdir):
     raise config_validation.ConfigError(
         f"config.batch_size={config.batch_size}: larger than the training set "
         f"({len(train)} examples)")
-  total_steps = config.num_epochs * steps_per_epoch
-  if config.max_steps >= 0:
-    total_steps = min(total_steps, config.max_steps)
+  # num_epochs sets the schedule's length (cosine decay, BYOL's momentum); max_steps
+  # only says where this invocation stops, so a run stopped early and resumed without
+  # it is the uninterrupted run. A resumed run keeps the schedule its checkpoint saved.
+  schedule_steps = config.num_epochs * steps_per_epoch
 
   model = models.create_model(config)
-  tx = train_step_lib.create_optimizer(config, steps_per_epoch, total_steps)
   init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = train_step_lib.create_train_state(model, tx, init_key, train.images.shape[1:], config)
+  state = train_step_lib.create_train_state(
+      model, train_step_lib.create_optimizer(config, steps_per_epoch, schedule_steps), init_key,
+      train.images.shape[1:], config)
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
-      jax.device_get(state), jax.random.wrap_key_data(base_key)))
+      jax.device_get(state), jax.random.wrap_key_data(base_key), schedule_steps))
   if tree is not None:
-    state, keys = checkpointing.tree_to_state(tree, state)
+    state, keys, saved_schedule = checkpointing.tree_to_state(tree, state)
     base_key = jax.random.key_data(keys)
+    if saved_schedule is not None and saved_schedule != schedule_steps:
+      logging.warning("the checkpoint's schedule is %d steps, the config's %d: keeping the "
+                      "checkpoint's", saved_schedule, schedule_steps)
+      schedule_steps = saved_schedule
+      state = state.replace(tx=train_step_lib.create_optimizer(config, steps_per_epoch,
+                                                               schedule_steps))
     logging.info("resumed from step %d", restored_step)
   start_step = int(state.step)
+  total_steps = schedule_steps if config.max_steps < 0 else min(schedule_steps, config.max_steps)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
-  training = OnDeviceTraining(config, devices, train.images, train.labels, total_steps)
+  training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps)
   dp = training.dp
   state = dp.put_state(jax.device_get(state))
 
@@ -234,8 +243,8 @@ def train_and_evaluate(config, workdir):
   previous = None  # (step, metrics) checked once the next step is queued: no pipeline stall
 
   def save(step):
-    checkpointer.save(step, checkpointing.state_to_tree(dp.get_state(state),
-                                                        jax.random.wrap_key_data(base_key)))
+    checkpointer.save(step, checkpointing.state_to_tree(
+        dp.get_state(state), jax.random.wrap_key_data(base_key), schedule_steps))
 
   try:
     with stop_requests() as stop_requested:
@@ -284,6 +293,7 @@ def train_and_evaluate(config, workdir):
   results = {
       "final_loss": loss,
       "steps": total_steps,
+      "schedule_steps": schedule_steps,
       "epochs": total_steps / steps_per_epoch,
       "train_seconds": loop_end - train_start,
       "first_step_seconds": first_step_end - train_start,
@@ -296,6 +306,6 @@ def train_and_evaluate(config, workdir):
   }
   if is_main:
     evaluator.write_json(os.path.join(workdir, "results.json"), results)
-  if config.evaluate_at_end and is_main:  # on process 0's own devices
+  if config.evaluate_at_end:  # every process: the restore is a collective
     results = evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
   return results

@@ -37,7 +37,7 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype):
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
   labels = np.zeros(NUM_IMAGES, np.int32)  # SimCLR does not read them
-  training = trainer.OnDeviceTraining(config, devices, images, labels, total_steps=None)
+  training = trainer.OnDeviceTraining(config, devices, images, labels, schedule_steps=None)
   model = models.create_model(config)
   tx = train_step_lib.create_optimizer(config, training.steps_per_epoch,
                                        10 * training.steps_per_epoch)
@@ -116,7 +116,7 @@ def measure_overheads(repeats=3):
   monitor_seconds = (time.perf_counter() - start) / repeats
   with tempfile.TemporaryDirectory() as workdir:
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=3)
-    tree = checkpointing.state_to_tree(jax.device_get(state), jax.random.key(0))
+    tree = checkpointing.state_to_tree(jax.device_get(state), jax.random.key(0), 1)
     start = time.perf_counter()
     for step in range(1, repeats + 1):
       checkpointer.save(step, tree)

@@ -197,10 +197,10 @@ def moco_config():
 def run_steps(config, num_devices, num_steps=3, batch_size=32):
   """A few steps on fixed random images; returns the host state after each step and the losses."""
   model = models.create_model(config)
-  tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, total_steps=10)
+  tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, schedule_steps=10)
   state = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), config)
   step_fn = functools.partial(train_step_lib.train_step, config=config,
-                              axis_name=parallel.AXIS, total_steps=10)
+                              axis_name=parallel.AXIS, schedule_steps=10)
   dp = parallel.DataParallel(step_fn, "shard_map", jax.devices()[:num_devices])
   state = dp.put_state(state)
   rng = np.random.default_rng(6)

@@ -97,7 +97,7 @@ def test_views_are_the_same_on_one_and_on_n_devices():
 def run_train_steps(config, mode, num_devices, num_steps=3):
   """A few SimCLR steps on fixed random images; returns host params and losses."""
   model = models.create_model(config)
-  tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, total_steps=10)
+  tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, schedule_steps=10)
   state = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   step_fn = functools.partial(train_step_lib.train_step, config=config,
                               axis_name=parallel.AXIS)

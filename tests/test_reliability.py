@@ -67,6 +67,63 @@ def test_corrupt_latest_checkpoint_falls_back(mnist_data_dir, tmp_path, uninterr
     run(mnist_data_dir, workdir)
 
 
+def small_checkpoints(workdir, steps=(1, 2)):
+  """A Checkpointer holding tiny trees at `steps`; returns (checkpointer, tree)."""
+  checkpointer = checkpointing.Checkpointer(workdir)
+  tree = {"step": np.asarray(0), "params": {"w": np.arange(6.0)}, "schedule_steps": np.asarray(9)}
+  for step in steps:
+    checkpointer.save(step, {**tree, "step": np.asarray(step)})
+  checkpointer.wait()
+  return checkpointer, tree
+
+
+def test_transient_read_errors_are_retried_not_set_aside(tmp_path, monkeypatch):
+  """A read that fails twice (a flaky mount) then works: the newest checkpoint is used and
+  nothing is moved aside."""
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+  real_restore, calls = checkpointer.restore, []
+
+  def flaky(step, target):
+    calls.append(step)
+    if len(calls) <= 2:
+      raise OSError(5, "Input/output error")
+    return real_restore(step, target)
+  monkeypatch.setattr(checkpointer, "restore", flaky)
+  step, restored = checkpointer.restore_latest(tree, retry_seconds=0.01)
+  assert step == 2 and calls == [2, 2, 2] and int(restored["step"]) == 2
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
+
+
+def test_persistent_io_error_fails_loudly_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+
+  def unreachable(step, target):
+    raise ValueError("UNAVAILABLE: Error reading from the bucket: connection reset")
+  monkeypatch.setattr(checkpointer, "restore", unreachable)
+  with pytest.raises(checkpointing.CheckpointError, match=r"step 2 .*UNAVAILABLE.*left in place"):
+    checkpointer.restore_latest(tree, retry_seconds=0.01)
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
+
+
+def test_structure_mismatch_fails_loudly_and_keeps_the_checkpoint(tmp_path):
+  """resume=force into another method or model: a different tree, not a corrupt one."""
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+  other = {**tree, "params": {"w": np.arange(6.0), "b": np.zeros(2)}}
+  with pytest.raises(checkpointing.CheckpointError, match="step 2"):
+    checkpointer.restore_latest(other, retry_seconds=0.01)
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
+
+
+def test_checkpoint_without_schedule_steps_still_restores(tmp_path):
+  """Checkpoints written before the schedule's length was saved keep restoring."""
+  checkpointer, tree = small_checkpoints(str(tmp_path), steps=())
+  old = {k: v for k, v in tree.items() if k != "schedule_steps"}
+  checkpointer.save(3, old)
+  checkpointer.wait()
+  step, restored = checkpointer.restore_latest(tree)
+  assert step == 3 and "schedule_steps" not in restored
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("before,after", [(4, 1)])  # the restore path is the same both ways
 def test_checkpoint_moves_between_device_counts(mnist_data_dir, tmp_path, uninterrupted,

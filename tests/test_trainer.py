@@ -68,3 +68,39 @@ def test_resume_matches_uninterrupted_run(mnist_data_dir, tmp_path, parallel, nu
   resumed_losses = {m["step"]: m["loss"] for m in read_metrics(resumed_dir)}
   assert set(resumed_losses) == set(straight_losses) | {20}
   assert all(resumed_losses[step] == loss for step, loss in straight_losses.items())
+
+
+@pytest.mark.slow
+def test_stopped_with_max_steps_then_resumed_equals_uninterrupted_under_cosine(mnist_data_dir,
+                                                                                tmp_path):
+  """max_steps says where to stop, not how long the schedule is: the cosine decay (with
+  warm-up) of a run stopped at step 12 and resumed without max_steps is the full run's."""
+  overrides = dict(max_train_examples=1024, batch_size=64, num_epochs=2, log_every_steps=4,
+                   checkpoint_every_steps=8, num_devices=2, lr_schedule="cosine",
+                   warmup_epochs=0.5)
+  straight = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides),
+                                        str(tmp_path / "straight"))
+  workdir = str(tmp_path / "stopped")
+  stopped = trainer.train_and_evaluate(quick_config(mnist_data_dir, max_steps=12, **overrides),
+                                       workdir)
+  assert stopped["steps"] == 12 and stopped["schedule_steps"] == straight["schedule_steps"] == 32
+  resumed = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), workdir)
+  assert resumed["resumed_from_step"] == 12 and resumed["steps"] == 32
+  assert resumed["params_sha256"] == straight["params_sha256"]  # bit for bit
+
+
+@pytest.mark.slow
+def test_forced_resume_keeps_the_checkpoints_schedule(mnist_data_dir, tmp_path):
+  """Under resume=force a changed num_epochs does not stretch a schedule already under way:
+  the run continues the saved 32-step schedule."""
+  overrides = dict(max_train_examples=1024, batch_size=64, log_every_steps=4,
+                   checkpoint_every_steps=8, num_devices=2, lr_schedule="cosine")
+  straight = trainer.train_and_evaluate(quick_config(mnist_data_dir, num_epochs=2, **overrides),
+                                        str(tmp_path / "straight"))
+  workdir = str(tmp_path / "forced")
+  trainer.train_and_evaluate(quick_config(mnist_data_dir, num_epochs=2, max_steps=8,
+                                          **overrides), workdir)
+  forced = trainer.train_and_evaluate(
+      quick_config(mnist_data_dir, num_epochs=5, resume="force", **overrides), workdir)
+  assert forced["schedule_steps"] == 32 and forced["steps"] == 32
+  assert forced["params_sha256"] == straight["params_sha256"]
