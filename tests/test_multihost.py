@@ -1,5 +1,7 @@
 """cl_jax.multihost: 2 processes x 2 CPU devices (jax.distributed on localhost, Gloo) against
-1 process x 4 devices, through the command line, with a preemption in the middle."""
+1 process x 4 devices, through the command line with the default evaluation settings (the
+online monitor and the end-of-run evaluation on), with a preemption in the middle; then
+`python -m cl_jax.evaluate` under 2 processes."""
 
 import json
 import os
@@ -19,8 +21,13 @@ from cl_jax.evaluator import read_metrics
 from tests.test_trainer import quick_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = dict(max_train_examples=1024, batch_size=64, max_steps=8, log_every_steps=1,
-                 checkpoint_every_steps=4, optimizer="sgd", learning_rate=0.01)
+# One epoch of 8 steps, so the online monitor runs (at step 8); evaluation fits its k-NN
+# on 4,096 training images instead of 60,000 (a size, not another code path). Past ~10
+# steps the rounding differences below grow to 1e-3 in the loss (seen once: steps 12-16).
+OVERRIDES = dict(max_train_examples=512, batch_size=64, num_epochs=1, log_every_steps=1,
+                 checkpoint_every_steps=4, optimizer="sgd", learning_rate=0.01,
+                 eval_train_examples=4096)
+STEPS = 8
 # Gloo's all-reduce sums in another order than XLA's in-process one: last-bit
 # differences from step 1 on, which training amplifies (a near-tie in a max-pool
 # window or a ReLU input near 0 that flips sends a whole gradient term elsewhere).
@@ -40,40 +47,44 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(data_dir, workdir, log_prefix):
-  """Starts the two processes of one run; returns [(Popen, stderr log path)]."""
+def launch(command, log_prefix, cache_dir):
+  """Starts `command` as the two processes of one cluster; returns [(Popen, stderr log path)]."""
   port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+             JAX_PLATFORMS="cpu", CL_JAX_CACHE=cache_dir)
   launched = []
   for process_id in range(2):
     log = f"{log_prefix}.{process_id}.log"
     with open(log, "w", encoding="utf-8") as stderr:  # a file: a full pipe would stall it
       launched.append((subprocess.Popen(
-          [sys.executable, "-m", "cl_jax.train", "--config", "configs/mnist_seed.py",
-           "--workdir", workdir, f"--config.data_dir={data_dir}", "--config.progress_bar=False",
-           "--config.evaluate_at_end=False", "--config.eval_every_epochs=0", *args,
-           f"--coordinator_address=localhost:{port}", "--num_processes=2",
-           f"--process_id={process_id}"],
+          [sys.executable, "-m", *command, f"--coordinator_address=localhost:{port}",
+           "--num_processes=2", f"--process_id={process_id}"],
           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log))
   return launched
+
+
+def train_command(data_dir, workdir):
+  """The README's command with the default evaluation settings."""
+  return ["cl_jax.train", "--config", "configs/mnist_seed.py", "--workdir", workdir,
+          f"--config.data_dir={data_dir}", "--config.progress_bar=False",
+          *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
 
 
 def finish(launched):
   """Waits for both processes; returns [(exit status, stderr)]."""
   finished = []
   for process, log in launched:
-    process.wait(timeout=300)
+    process.wait(timeout=600)
     with open(log, encoding="utf-8") as f:
       finished.append((process.returncode, f.read()))
   return finished
 
 
-@pytest.mark.long  # ~75 s: four training processes and a reference run
-def test_two_processes_match_one_process_and_stop_together(mnist_data_dir, tmp_path):
+@pytest.mark.long  # ~3 min: four training processes, two evaluations and a reference run
+def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_dir, tmp_path):
+  cache = str(tmp_path / "cache")
   workdir = str(tmp_path / "two_processes")
-  launched = launch(mnist_data_dir, workdir, str(tmp_path / "first"))
+  launched = launch(train_command(mnist_data_dir, workdir), str(tmp_path / "first"), cache)
   # SIGTERM to process 1 only, once both joined the cluster (process 0 writes
   # config.json after a barrier) and before the first step's compilation ends.
   config_json = os.path.join(workdir, "config.json")
@@ -85,9 +96,11 @@ def test_two_processes_match_one_process_and_stop_together(mnist_data_dir, tmp_p
   for status, stderr in finish(launched):
     assert status == 128 + signal.SIGTERM, stderr[-3000:]
     stopped.append(int(stderr.split("saved a checkpoint at step ")[1].split(";")[0]))
-  assert stopped[0] == stopped[1] < OVERRIDES["max_steps"], stopped  # the same step on both
-  # Both processes re-run the same command: they resume and finish.
-  for status, stderr in finish(launch(mnist_data_dir, workdir, str(tmp_path / "resumed"))):
+  assert stopped[0] == stopped[1] < STEPS, stopped  # the same step on both
+  # Both processes re-run the same command: they resume, finish, and evaluate (the
+  # end-of-run evaluation once hung here: process 0 alone opened Orbax's manager).
+  for status, stderr in finish(launch(train_command(mnist_data_dir, workdir),
+                                      str(tmp_path / "resumed"), cache)):
     assert status == 0, stderr[-3000:]
 
   reference_dir = str(tmp_path / "one_process")
@@ -97,16 +110,33 @@ def test_two_processes_match_one_process_and_stop_together(mnist_data_dir, tmp_p
     results = json.load(f)
   assert results["num_devices"] == reference["num_devices"] == 4
   assert results["resumed_from_step"] == stopped[0]
-  # One writer: every logged step appears once (process 1 writes no metrics).
+  assert results["eval_step"] == STEPS and 0.5 < results["knn_train_test"] <= 1
+  assert all(os.path.exists(os.path.join(workdir, name))
+             for name in ("report.md", "tsne.png", "knn.png", "loss.png"))
+  # One writer: every logged step appears once (process 1 writes no metrics), and
+  # process 0's online monitor ran at the end of the epoch.
   logged = read_metrics(workdir)
   expected = read_metrics(reference_dir)
-  assert [m["step"] for m in logged] == [m["step"] for m in expected] == list(range(1, 9))
-  losses = np.array([m["loss"] for m in logged])
+  losses = [m for m in logged if "loss" in m]
+  assert [m["step"] for m in losses] == [m["step"] for m in expected] == list(
+      range(1, STEPS + 1))
+  assert [m["step"] for m in logged if "knn_monitor" in m] == [STEPS]
+  losses = np.array([m["loss"] for m in losses])
   expected_losses = np.array([m["loss"] for m in expected])
   assert abs(losses[0] - expected_losses[0]) <= FIRST_LOSS_TOLERANCE
   np.testing.assert_allclose(losses, expected_losses, rtol=0, atol=LOSS_TOLERANCE)
-  step = OVERRIDES["max_steps"]
-  params = checkpointing.Checkpointer(workdir).restore_params(step)
-  reference_params = checkpointing.Checkpointer(reference_dir).restore_params(step)
+  params = checkpointing.Checkpointer(workdir).restore_params(STEPS)
+  reference_params = checkpointing.Checkpointer(reference_dir).restore_params(STEPS)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAMS_TOLERANCE),
                params, reference_params)
+
+  # The evaluation entry point under two processes recomputes the same metrics.
+  os.remove(os.path.join(workdir, "report.md"))
+  for status, stderr in finish(launch(["cl_jax.evaluate", "--workdir", workdir],
+                                      str(tmp_path / "evaluate"), cache)):
+    assert status == 0, stderr[-3000:]
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    again = json.load(f)
+  assert os.path.exists(os.path.join(workdir, "report.md"))
+  for key in ("knn_seed", "knn_train_test", "knn_train_test_cosine", "linear_probe"):
+    assert again[key] == pytest.approx(results[key], abs=1e-6), key
