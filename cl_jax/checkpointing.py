@@ -56,7 +56,9 @@ RESUMABLE_CHANGES = frozenset({
     "max_steps", "num_devices", "parallel", "progress_bar", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "resume", "data_dir", "data_download",
     "knn_k", "eval_every_epochs", "monitor_bank_size", "monitor_query_size",
-    "evaluate_at_end", "eval_train_examples", "eval_batch_size", "tsne_points", "cache_dir"})
+    "evaluate_at_end", "eval_train_examples", "eval_batch_size", "tsne_points", "cache_dir",
+    # How the same math is computed (a checkpoint moves between backends): rounding only.
+    "steps_per_call", "model.kernels", "matmul_precision"})
 
 
 class CheckpointError(RuntimeError):
@@ -78,7 +80,8 @@ def config_differences(saved_config_json, config):
   saved = _flatten(json.loads(saved_config_json))
   now = _flatten(json.loads(config.to_json()))
   return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-          if k.split(".")[0] not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)}
+          if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_CHANGES
+          and saved.get(k) != now.get(k)}
 
 
 # TensorStore status codes that mean the stored bytes are missing or damaged (a torn write),

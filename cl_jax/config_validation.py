@@ -8,6 +8,7 @@ import os
 
 from cl_jax import evaluation
 from cl_jax import methods
+from cl_jax import models
 from cl_jax import parallel
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -15,6 +16,7 @@ LR_SCHEDULES = ("constant", "cosine")
 NORMS = ("none", "layer")
 DTYPES = ("float32", "bfloat16")
 RESUME_MODES = ("auto", "force")
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   _check_choice(config, "model.norm", NORMS)
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "resume", RESUME_MODES)
+  _check_choice(config, "model.kernels", models.KERNELS)
+  _check_choice(config, "matmul_precision", MATMUL_PRECISIONS)
   if num_processes > 1:
     if config.parallel != "shard_map":
       _fail("parallel", config.parallel, "several processes need shard_map")
@@ -86,7 +90,7 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
       _fail(field, config[field], "must be > 0")
   if not isinstance(config.num_epochs, int) or config.num_epochs <= 0:
     _fail("num_epochs", config.num_epochs, "must be a positive integer")
-  for field in ("weight_decay", "warmup_epochs", "eval_every_epochs"):
+  for field in ("weight_decay", "warmup_epochs", "eval_every_epochs", "steps_per_call"):
     if config[field] < 0:
       _fail(field, config[field], "must be >= 0")
   for field in ("max_steps", "max_train_examples", "eval_train_examples"):

@@ -36,7 +36,12 @@ def get_config():
   config.model.norm = "none"  # Normalisation after each conv: "none" or "layer".
   config.model.projection_hidden = (128,)  # Hidden sizes of the projection head MLP.
   config.model.projection_dim = 64  # Output size of the projection head; 0 = no head (loss on the embedding).
+  config.model.kernels = "auto"  # Conv/pool code: "auto" (custom CPU kernels on CPU, XLA's elsewhere), "xla" or "cpu".
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and loss stay float32.
+  # Precision of the convs' and dense layers' matmuls: "default" = the backend's (float32 on
+  # CPU, TF32 on Ampere+ GPUs, bf16 passes on TPU), "high" (bf16x3) or "highest" (float32).
+  # The loss's similarities and the augmentation's coordinates always use "highest".
+  config.matmul_precision = "default"
 
   # Loss and optimisation.
   config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
@@ -56,6 +61,9 @@ def get_config():
   config.parallel = "shard_map"  # Maps the per-device step: "shard_map", or "pmap" (one process only).
   config.num_devices = -1  # Use the first this many local devices; -1 = all (of all processes).
   config.seed = 0  # Seeds initialisation, shuffling and augmentation.
+  # Training steps per jitted call (a loop on device; calls also end at logs, checkpoints,
+  # monitor points and epoch ends); 0 = automatic: log_every_steps (at most an epoch).
+  config.steps_per_call = 0
 
   # Logging and checkpoints.
   config.log_every_steps = 50  # Steps between metrics.jsonl / TensorBoard entries.

@@ -83,7 +83,8 @@ def knn_predict_cosine(bank, bank_labels, queries, k, num_classes):
   Votes are uniform; ties between classes go to the smallest label, as in
   scikit-learn. Works on jax arrays inside or outside jit.
   """
-  similarity = losses.l2_normalize(queries) @ losses.l2_normalize(bank).T
+  similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
+                          precision=losses.HIGHEST)
   _, neighbours = jax.lax.top_k(similarity, k)
   votes = jax.nn.one_hot(bank_labels[neighbours], num_classes).sum(axis=1)
   return jnp.argmax(votes, axis=1)  # argmax returns the first (smallest) of tied maxima
@@ -98,7 +99,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1
   train_y = jnp.asarray(train_y)
 
   def objective(params):
-    logits = train_x @ params["w"] + params["b"]
+    logits = jnp.matmul(train_x, params["w"], precision=losses.HIGHEST) + params["b"]
     return (optax.losses.softmax_cross_entropy_with_integer_labels(logits, train_y).mean()
             + l2 * jnp.sum(params["w"] ** 2))
 
@@ -117,7 +118,8 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1
     return jax.lax.fori_loop(0, steps, body, (params, solver.init(params)))[0]
 
   params = run(params)
-  predictions = jnp.argmax(test_x @ params["w"] + params["b"], axis=1)
+  predictions = jnp.argmax(
+      jnp.matmul(test_x, params["w"], precision=losses.HIGHEST) + params["b"], axis=1)
   return float(jnp.mean(predictions == jnp.asarray(test_y)))
 
 

@@ -115,10 +115,35 @@ def _conv3x3_bwd(residuals, grad):
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+# config.model.kernels: which implementation of the 3x3 conv and the 2x2 max pool.
+KERNELS = ("auto", "xla", "cpu")
+
+
+def resolve_kernels(kernels, backend=None):
+  """"auto" -> "cpu" (the custom VJPs above, written for XLA:CPU) on the CPU backend, else
+  "xla" (`lax.conv_general_dilated` / `nn.max_pool`: cuDNN, the TPU's MXU, XLA's fusions)."""
+  if kernels == "auto":
+    return "cpu" if (backend or jax.default_backend()) == "cpu" else "xla"
+  return kernels
+
+
+def precision_of(name):
+  """config.matmul_precision -> a `jax.lax.Precision`, or None for the backend's default."""
+  return None if name == "default" else jax.lax.Precision[name.upper()]
+
+
 class Conv3x3(nn.Module):
-  """`nn.Conv(features, (3, 3), padding="SAME")` (same parameters and init) via `conv3x3`."""
+  """`nn.Conv(features, (3, 3), padding="SAME")` (same parameters and init).
+
+  `kernels="cpu"` computes it with `conv3x3`'s custom VJP (no precision
+  argument: XLA:CPU computes float32 products in float32), `"xla"` with
+  `lax.conv_general_dilated` at `precision`. Both have the same parameters, so
+  checkpoints move between them.
+  """
   features: int
   dtype: Any = jnp.float32
+  kernels: str = "cpu"
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -126,7 +151,10 @@ class Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    return conv3x3(x, kernel) + bias
+    if self.kernels == "cpu":
+      return conv3x3(x, kernel) + bias
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision=self.precision,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
 
 
 class CNNEncoder(nn.Module):
@@ -139,19 +167,23 @@ class CNNEncoder(nn.Module):
   dense_features: int = 128
   norm: str = "none"  # "none" or "layer" (LayerNorm over H, W, C per example).
   dtype: Any = jnp.float32
+  kernels: str = "cpu"  # "cpu" or "xla" (resolve_kernels)
+  precision: Any = None  # of the "xla" convs and of the dense layer; None = the backend's
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(self.dtype)
+    pool = max_pool_2x2 if self.kernels == "cpu" else (
+        lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
     for features in self.conv_features:
       for _ in range(self.convs_per_block):
-        x = Conv3x3(features, dtype=self.dtype)(x)
+        x = Conv3x3(features, dtype=self.dtype, kernels=self.kernels, precision=self.precision)(x)
         if self.norm == "layer":
           x = nn.LayerNorm(reduction_axes=(-3, -2, -1), dtype=self.dtype)(x)
         x = nn.relu(x)
-      x = max_pool_2x2(x)
+      x = pool(x)
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))
+    return nn.relu(nn.Dense(self.dense_features, dtype=self.dtype, precision=self.precision)(x))
 
 
 class ProjectionHead(nn.Module):
@@ -159,12 +191,13 @@ class ProjectionHead(nn.Module):
   hidden_features: Sequence[int] = (128,)
   out_features: int = 64
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x):
     for features in self.hidden_features:
-      x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
-    return nn.Dense(self.out_features, dtype=self.dtype)(x)
+      x = nn.relu(nn.Dense(features, dtype=self.dtype, precision=self.precision)(x))
+    return nn.Dense(self.out_features, dtype=self.dtype, precision=self.precision)(x)
 
 
 class ContrastiveModel(nn.Module):
@@ -188,17 +221,21 @@ class ContrastiveModel(nn.Module):
     return features.astype(jnp.float32), projections.astype(jnp.float32)
 
 
-def create_model(config):
-  """Builds `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`."""
+def create_model(config, backend=None):
+  """Builds `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`, the
+  kernels `config.model.kernels` resolves to on `backend` (None: JAX's default backend) and
+  the matmul precision `config.matmul_precision`."""
   dtype = jnp.dtype(config.dtype)
   m = config.model
+  precision = precision_of(config.matmul_precision)
   encoder = CNNEncoder(conv_features=tuple(m.conv_features), convs_per_block=m.convs_per_block,
-                       dense_features=m.dense_features, norm=m.norm, dtype=dtype)
+                       dense_features=m.dense_features, norm=m.norm, dtype=dtype,
+                       kernels=resolve_kernels(m.kernels, backend), precision=precision)
   head = predictor = None
   if m.projection_dim > 0:
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,
-                          dtype=dtype)
+                          dtype=dtype, precision=precision)
   if config.method == "byol":  # same shape as the head: projection_dim -> projection_dim
     predictor = ProjectionHead(hidden_features=tuple(m.projection_hidden),
-                               out_features=m.projection_dim, dtype=dtype)
+                               out_features=m.projection_dim, dtype=dtype, precision=precision)
   return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)

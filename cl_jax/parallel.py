@@ -34,10 +34,10 @@ class DataParallel:
     if mode == "shard_map":
       # check_vma=False keeps pmap's semantics: gradients taken inside the step
       # are per-device partial gradients, reduced explicitly by the step.
-      mapped = jax.shard_map(per_device_step, mesh=self.mesh,
-                             in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
-                             check_vma=False)
-      self._step = jax.jit(mapped, donate_argnums=0)
+      self.mapped_step = jax.shard_map(per_device_step, mesh=self.mesh,
+                                       in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
+                                       check_vma=False)
+      self._step = jax.jit(self.mapped_step, donate_argnums=0)
     else:
       self._step = jax.pmap(per_device_step, axis_name=AXIS, in_axes=(0, 0, None),
                             devices=self.devices, donate_argnums=0)

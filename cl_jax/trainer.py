@@ -73,19 +73,30 @@ def _epoch_permutation(shuffle_key, epoch, num_examples):
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
 
 
+def resolve_steps_per_call(config, steps_per_epoch):
+  """config.steps_per_call, with 0 (automatic) = one call per logged interval (the host
+  reads metrics then anyway), at most an epoch."""
+  if config.steps_per_call > 0:
+    return config.steps_per_call
+  return max(1, min(config.log_every_steps, steps_per_epoch))
+
+
 class OnDeviceTraining:
-  """The data-parallel train step over a dataset held on the devices.
+  """The data-parallel train step over a dataset held on the devices, several steps a call.
 
   Each epoch is a fresh permutation (from the shuffle key and the epoch); each
   step gathers its global batch on device, then runs the mapped train step
-  with the key `fold_in(augment_key, step)`. Nothing depends on earlier calls
-  but the cached permutation, so any step can be run first (resuming).
+  with the key `fold_in(augment_key, step)`. `run` does up to `steps_per_call`
+  consecutive steps of one epoch in one jitted call (a `fori_loop` on device:
+  no Python dispatch or host sync between them). Nothing depends on earlier
+  calls but the cached permutation, so any step can be run first (resuming).
   """
 
-  def __init__(self, config, devices, images, labels, schedule_steps):
+  def __init__(self, config, devices, images, labels, schedule_steps, steps_per_call=1):
     self.batch_size = config.batch_size
     self.num_examples = len(images)
     self.steps_per_epoch = self.num_examples // self.batch_size
+    self.steps_per_call = steps_per_call
     self.dp = parallel.DataParallel(
         functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS,
                           schedule_steps=schedule_steps),
@@ -93,22 +104,58 @@ class OnDeviceTraining:
     self.data = jax.device_put({"image": images, "label": labels},
                                self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
+    if self.dp.mode == "shard_map":
+      self._run = jax.jit(self._run_steps, donate_argnums=0)
     self._epoch = self._permutation = None
 
-  def _batch(self, data, permutation, step_in_epoch):
+  def _batch(self, data, permutation, step):
     index = jax.lax.dynamic_slice_in_dim(
-        permutation, step_in_epoch * self.batch_size, self.batch_size)
+        permutation, step % self.steps_per_epoch * self.batch_size, self.batch_size)
     return {"image": data["image"][index], "label": data["label"][index],
             "index": index.astype(jnp.int32)}
 
-  def step(self, state, step, shuffle_key, augment_key):
-    """Runs global step `step` on device-resident `state`; returns (state, metrics)."""
+  def _run_steps(self, state, data, permutation, first_step, count, augment_key):
+    """`count` (<= steps_per_call, traced) steps from `first_step`; metrics [steps_per_call]
+    (NaN past `count`)."""
+    def one_step(state, step):
+      batch = jax.lax.with_sharding_constraint(self._batch(data, permutation, step),
+                                               self.dp.batch_sharding())
+      return self.dp.mapped_step(state, batch, jax.random.fold_in(augment_key, step))
+    shapes = jax.eval_shape(one_step, state, first_step)[1]
+    buffers = jax.tree.map(lambda m: jnp.full((self.steps_per_call,) + m.shape, jnp.nan, m.dtype),
+                           shapes)
+
+    def body(i, carry):
+      state, buffers = carry
+      state, metrics = one_step(state, first_step + i)
+      return state, jax.tree.map(lambda b, m: b.at[i].set(m), buffers, metrics)
+    return jax.lax.fori_loop(0, count, body, (state, buffers))
+
+  def steps_this_call(self, step, end, boundaries):
+    """How many steps the call starting at `step` runs: up to `steps_per_call`, stopping at
+    `end`, at the epoch's end and at the next multiple of each of `boundaries`."""
+    stop = min(end, step + self.steps_per_call)
+    for every in (self.steps_per_epoch, *boundaries):
+      stop = min(stop, (step // every + 1) * every)
+    return stop - step
+
+  def run(self, state, step, count, shuffle_key, augment_key):
+    """Runs global steps step .. step + count - 1 (one epoch) on device-resident `state`;
+    returns (state, metrics with a leading axis of at least `count`)."""
     epoch = step // self.steps_per_epoch
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
-    batch = self._select_batch(self.data, self._permutation, step % self.steps_per_epoch)
-    return self.dp.step(state, batch, jax.random.fold_in(augment_key, step))
+    if self.dp.mode == "shard_map":
+      return self._run(state, self.data, self._permutation, jnp.int32(step), jnp.int32(count),
+                       augment_key)
+    # pmap (maintenance mode in JAX) keeps one dispatch per step.
+    every = []
+    for s in range(step, step + count):
+      batch = self._select_batch(self.data, self._permutation, s)
+      state, metrics = self.dp.step(state, batch, jax.random.fold_in(augment_key, s))
+      every.append(metrics)
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *every)
 
 
 class NonFiniteError(FloatingPointError):
@@ -125,14 +172,16 @@ class Preempted(RuntimeError):
 
 @contextlib.contextmanager
 def stop_requests():
-  """Yields `requested(step)`: the signal to stop for at `step`, or None; polled between steps.
+  """Yields `requested(call)`: the signal to stop for after call number `call` (0, 1, 2, ...
+  on every process alike), or None; polled between calls of the training loop.
 
   One process: SIGTERM / SIGINT handlers set a flag (main thread only). Several
-  processes: JAX's preemption sync point on SIGTERM, so that all stop at the
-  same step (Python handlers would replace the one JAX installs for it).
+  processes: JAX's preemption sync point on SIGTERM, so that all stop after the
+  same call (Python handlers would replace the one JAX installs for it). The
+  sync point counts consecutive integers, hence calls rather than steps.
   """
   if multihost.is_multiprocess():
-    yield lambda step: signal.SIGTERM if multihost.preemption_requested(step) else None
+    yield lambda call: signal.SIGTERM if multihost.preemption_requested(call) else None
     return
   received = []
   handler = lambda signum, frame: received.append(signum)
@@ -144,13 +193,17 @@ def stop_requests():
       signal.signal(signum, old)
 
 
-def check_finite(step, metrics):
-  """Raises NonFiniteError naming `step` if its loss, gradient or parameters are not finite."""
-  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not all(np.isfinite(list(values.values()))):
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
-    raise NonFiniteError(f"non-finite values at step {step}: {shown}; stopped, the last good "
-                         "checkpoint is kept")
+def check_finite(first_step, count, metrics):
+  """Raises NonFiniteError naming the first of steps first_step + 1 .. first_step + count
+  (numbered as logged: step s is the state after s updates) whose loss, gradient or
+  parameters are not finite; `metrics` holds one row per step."""
+  values = {k: np.asarray(v)[:count] for k, v in jax.device_get(metrics).items()}
+  finite = np.all([np.isfinite(v) for v in values.values()], axis=0)
+  if not finite.all():
+    bad = int(np.argmin(finite))
+    shown = ", ".join(f"{k}={float(v[bad])}" for k, v in sorted(values.items()))
+    raise NonFiniteError(f"non-finite values at step {first_step + bad + 1}: {shown}; "
+                         "stopped, the last good checkpoint is kept")
 
 
 def check_resumable(workdir, config):
@@ -223,24 +276,29 @@ def train_and_evaluate(config, workdir):
   total_steps = schedule_steps if config.max_steps < 0 else min(schedule_steps, config.max_steps)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
-  training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps)
+  steps_per_call = resolve_steps_per_call(config, steps_per_epoch)
+  training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps,
+                              steps_per_call)
   dp = training.dp
   state = dp.put_state(jax.device_get(state))
 
-  monitor = None
+  monitor, monitor_every = None, config.eval_every_epochs * steps_per_epoch
   if config.eval_every_epochs > 0 and is_main:  # on process 0's own devices: no collectives
     test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
     local = [d for d in devices if d.process_index == jax.process_index()]
     monitor = KnnMonitor(model, train, test, config, local)
+  # Calls end where the host has something to do: a log line, a checkpoint, a monitor point.
+  boundaries = [config.log_every_steps, config.checkpoint_every_steps] + (
+      [monitor_every] if monitor_every else [])
 
   writer = metric_logging.MetricWriter(workdir, start_step)
   progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
                   unit="step", dynamic_ncols=True)
   loss = float("nan")
-  first_step_end = last_log_time = time.perf_counter()
+  first_call_end = last_log_time = time.perf_counter()
   train_start = time.perf_counter()
-  last_log_step = start_step
-  previous = None  # (step, metrics) checked once the next step is queued: no pipeline stall
+  first_call_steps, last_log_step = 0, start_step
+  previous = None  # (first step, count, metrics) of the last call, checked once the next is queued
 
   def save(step):
     checkpointer.save(step, checkpointing.state_to_tree(
@@ -248,27 +306,29 @@ def train_and_evaluate(config, workdir):
 
   try:
     with stop_requests() as stop_requested:
-      for step in range(start_step, total_steps):
-        state, metrics = training.step(state, step, shuffle_key, augment_key)
-        done = step + 1
+      step, call = start_step, 0
+      while step < total_steps:
+        count = training.steps_this_call(step, total_steps, boundaries)
+        state, metrics = training.run(state, step, count, shuffle_key, augment_key)
         if previous:
-          check_finite(*previous)
-        previous = (done, metrics)
-        if step == start_step:
+          check_finite(*previous)  # the call before this one: no pipeline stall
+        previous = (step, count, metrics)
+        done = step + count
+        if call == 0:
           jax.block_until_ready(metrics)
-          first_step_end = time.perf_counter()
+          first_call_end, first_call_steps = time.perf_counter(), count
         if done % config.log_every_steps == 0 or done == total_steps:
-          metrics = jax.device_get(metrics)
-          loss = float(metrics["loss"])
+          last = {k: float(v[count - 1]) for k, v in jax.device_get(metrics).items()}
+          loss = last["loss"]
           now = time.perf_counter()
           images_per_second = (done - last_log_step) * config.batch_size / (now - last_log_time)
           last_log_time, last_log_step = now, done
-          writer.write(done, {**metrics, "epoch": done / steps_per_epoch,
+          writer.write(done, {**last, "epoch": done / steps_per_epoch,
                               "images_per_second": images_per_second})
           progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
-        progress.update(1)
-        stop = stop_requested(done)
-        if monitor and done % (config.eval_every_epochs * steps_per_epoch) == 0:
+        progress.update(count)
+        stop = stop_requested(call)
+        if monitor and done % monitor_every == 0:
           knn = monitor.accuracy(dp.get_state(state).params)
           writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
           progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn:.4f}")
@@ -277,6 +337,7 @@ def train_and_evaluate(config, workdir):
           save(done)
         if stop:
           raise Preempted(stop, done)
+        step, call = done, call + 1
       if previous:
         check_finite(*previous)
       jax.block_until_ready(state)
@@ -288,15 +349,16 @@ def train_and_evaluate(config, workdir):
     writer.close()
 
   host_state = dp.get_state(state)
-  steady_steps = total_steps - start_step - 1
-  steady_seconds = loop_end - first_step_end
+  steady_steps = total_steps - start_step - first_call_steps
+  steady_seconds = loop_end - first_call_end
   results = {
       "final_loss": loss,
       "steps": total_steps,
       "schedule_steps": schedule_steps,
       "epochs": total_steps / steps_per_epoch,
       "train_seconds": loop_end - train_start,
-      "first_step_seconds": first_step_end - train_start,
+      "first_call_seconds": first_call_end - train_start,  # compilation included
+      "steps_per_call": steps_per_call,
       "images_per_second": (steady_steps * config.batch_size / steady_seconds
                             if steady_steps > 0 else float("nan")),
       "num_devices": len(devices),

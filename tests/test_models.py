@@ -151,3 +151,89 @@ def test_conv3x3_module_matches_flax_conv():
   flax_params = flax_conv.init(jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
   np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
+
+
+def test_kernels_auto_resolves_per_backend():
+  assert models.resolve_kernels("auto", "cpu") == "cpu"
+  assert models.resolve_kernels("auto", "gpu") == "xla"
+  assert models.resolve_kernels("auto", "tpu") == "xla"
+  assert models.resolve_kernels("xla", "cpu") == "xla"
+
+
+def test_cpu_and_xla_kernels_agree_on_real_mnist_with_ties(mnist_data_dir):
+  """The same parameters through the custom CPU kernels and XLA's conv / max pool: the same
+  values and gradients on a real MNIST batch (whose blank background ties every pool window;
+  a tie rule that differed would put the conv biases' gradients off by up to 4x)."""
+  from cl_jax import data  # pylint: disable=g-import-not-at-top
+  from cl_jax import losses  # pylint: disable=g-import-not-at-top
+  images = data.load_split("mnist", "train", mnist_data_dir, max_examples=64).images
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  config = mnist_seed.get_config()
+  built = {}
+  for kernels in ("cpu", "xla"):
+    config.model.kernels = kernels
+    built[kernels] = models.create_model(config)
+  params = built["cpu"].init(jax.random.key(0), x[:1])["params"]
+  assert (jax.tree.structure(built["xla"].init(jax.random.key(0), x[:1])["params"]) ==
+          jax.tree.structure(params))
+
+  def loss(params, model):
+    _, z = model.apply({"params": params}, x)
+    return losses.nt_xent(z[:32], z[32:], 0.5)
+  values = {k: m.apply({"params": params}, x) for k, m in built.items()}
+  grads = {k: jax.grad(loss)(params, m) for k, m in built.items()}
+  # float32 sums of the same products in another order: 1e-5 relative.
+  for got, expected in zip(values["cpu"], values["xla"]):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  for path, expected in jax.tree_util.tree_leaves_with_path(grads["xla"]):
+    got = grads["cpu"]
+    for key in path:
+      got = got[key.key]
+    # Relative to the leaf's norm: rounding, ~1e-5; a different tie rule, ~1.
+    error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert error < 1e-3, (jax.tree_util.keystr(path), error)
+
+
+def all_equations(jaxpr):
+  """The equations of `jaxpr` and of every jaxpr nested in them (pjit, custom_jvp, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (list, tuple)) else [value]):
+        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from all_equations(inner)
+
+
+@pytest.mark.parametrize("function", ["nt_xent", "queue_infonce", "warp_affine"])
+def test_loss_and_warp_matmuls_ask_for_float32_precision(function):
+  """The similarity logits and the warp's coordinates must not follow a backend's lower
+  default (TF32 on GPUs, bf16 passes on TPUs): every dot in them is HIGHEST."""
+  from cl_jax import augment, losses  # pylint: disable=g-import-not-at-top
+  z = jnp.ones((4, 8))
+  traced = {
+      "nt_xent": lambda: jax.make_jaxpr(lambda a, b: losses.nt_xent(a, b, 0.5))(z, z),
+      "queue_infonce": lambda: jax.make_jaxpr(
+          lambda a, b, q: losses.queue_infonce(a, b, q, 0.2))(z, z, jnp.ones((6, 8))),
+      "warp_affine": lambda: jax.make_jaxpr(
+          lambda im, m: augment.warp_affine(im, m))(jnp.ones((28, 28, 1)), jnp.ones((2, 3))),
+  }[function]()
+  dots = [e for e in all_equations(traced.jaxpr) if e.primitive.name == "dot_general"]
+  assert dots, "no matmul found"
+  for eqn in dots:
+    assert eqn.params["precision"] in ((jax.lax.Precision.HIGHEST,) * 2,
+                                       jax.lax.Precision.HIGHEST), eqn.params["precision"]
+
+
+def test_matmul_precision_reaches_the_convs_and_dense_layers():
+  config = mnist_seed.get_config()
+  config.model.kernels, config.matmul_precision = "xla", "highest"
+  model = models.create_model(config)
+  x = jnp.ones((2, 28, 28, 1))
+  params = model.init(jax.random.key(0), x)
+  eqns = all_equations(jax.make_jaxpr(lambda p: model.apply(p, x))(params).jaxpr)
+  ops = [e for e in eqns if e.primitive.name in ("conv_general_dilated", "dot_general")]
+  assert len(ops) == 5  # two convs, the encoder's dense layer, two head layers
+  for eqn in ops:
+    assert eqn.params["precision"] in ((jax.lax.Precision.HIGHEST,) * 2,
+                                       jax.lax.Precision.HIGHEST), eqn

@@ -104,3 +104,22 @@ def test_forced_resume_keeps_the_checkpoints_schedule(mnist_data_dir, tmp_path):
       quick_config(mnist_data_dir, num_epochs=5, resume="force", **overrides), workdir)
   assert forced["schedule_steps"] == 32 and forced["steps"] == 32
   assert forced["params_sha256"] == straight["params_sha256"]
+
+
+@pytest.mark.slow
+def test_steps_per_call_does_not_change_the_run(mnist_data_dir, tmp_path):
+  """One step per jitted call and the automatic several (a loop on device) give the same
+  parameters bit for bit, over epoch ends, logs and checkpoints that do not line up."""
+  overrides = dict(max_train_examples=1000, batch_size=64, num_epochs=2, log_every_steps=5,
+                   checkpoint_every_steps=7, num_devices=2, lr_schedule="cosine")
+  one = trainer.train_and_evaluate(quick_config(mnist_data_dir, steps_per_call=1, **overrides),
+                                   str(tmp_path / "one"))
+  many = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides),
+                                    str(tmp_path / "many"))
+  assert one["steps_per_call"] == 1 and many["steps_per_call"] == 5 and many["steps"] == 30
+  assert many["params_sha256"] == one["params_sha256"]
+  assert read_metrics(str(tmp_path / "many")) == [
+      {**m, "images_per_second": n["images_per_second"]}
+      for m, n in zip(read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "many")))]
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(str(tmp_path / "many")))) == [
+      "21", "28", "30"]  # every 7 steps and the last; Orbax keeps 3
