@@ -16,7 +16,7 @@ def get_config():
   # Data.
   config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
   config.data_dir = ""  # TFDS data dir; "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-  config.data_download = False  # Let TFDS download a missing dataset (needs internet).
+  config.data_download = True  # Let TFDS download a missing dataset if its host answers (else fail fast).
   config.max_train_examples = -1  # Use only the first this many training images; -1 = all.
 
   # Views: per example, a random resized crop then a random rotation, one warp.

@@ -1,6 +1,7 @@
 """Metrics to WORKDIR/metrics.jsonl and TensorBoard, written by process 0 only."""
 
 import json
+import logging
 import os
 
 from cl_jax import multihost
@@ -14,8 +15,6 @@ class MetricWriter:
     self.enabled = multihost.is_main_process()
     if not self.enabled:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self._tf = tf
     path = os.path.join(workdir, "metrics.jsonl")
     kept = []
     if os.path.exists(path):
@@ -23,6 +22,13 @@ class MetricWriter:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
     self._jsonl = open(path, "w", encoding="utf-8")
     self._jsonl.writelines(kept)
+    self._summary = None
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:  # an accelerator image without TensorFlow: metrics.jsonl only
+      logging.warning("tensorflow is not installed: no TensorBoard events, metrics.jsonl only")
+      return
+    self._tf = tf
     self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, scalars):
@@ -32,6 +38,8 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
+    if self._summary is None:
+      return
     with self._summary.as_default():
       for name, value in scalars.items():
         self._tf.summary.scalar(name, value, step=int(step))
@@ -40,4 +48,5 @@ class MetricWriter:
   def close(self):
     if self.enabled:
       self._jsonl.close()
-      self._summary.close()
+      if self._summary is not None:
+        self._summary.close()

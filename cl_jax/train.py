@@ -1,10 +1,13 @@
-"""Entry point: python -m cl_jax.train --config configs/mnist.py --workdir runs/mnist
+"""Entry point: python -m cl_jax.train --config configs/mnist.py [--workdir runs/mnist]
+
+The workdir defaults to runs/<config file name> under the current directory.
 
 Several processes (hosts or GPUs): add --distributed (auto-detected on TPU pod
 slices, SLURM, Open MPI) or --coordinator_address/--num_processes/--process_id;
 see the README's multi-host section.
 """
 
+import os
 import sys
 
 from absl import app
@@ -17,9 +20,11 @@ from cl_jax import data
 from cl_jax import multihost
 from cl_jax import trainer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs and results; default: runs/<config file "
+    "name> (runs/mnist for configs/mnist.py) under the current directory.")
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.mark_flag_as_required("config")
 multihost.define_flags()
 
 
@@ -35,12 +40,21 @@ def parse_flags(argv):
   sys.exit(2)
 
 
+def default_workdir(config_path):
+  """runs/<config file name without .py>; `file.py:arg` config strings name the file."""
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join("runs", name)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   multihost.initialize_from_flags()  # before anything else touches JAX's backends
+  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+  if multihost.is_main_process():
+    print(f"workdir: {os.path.abspath(workdir)}", file=sys.stderr)
   try:
-    trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    trainer.train_and_evaluate(flags.FLAGS.config, workdir)
   except (config_validation.ConfigError, data.DatasetNotPreparedError,
           checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,9 @@ warm-up epoch. docs/results.md has the numbers of record, docs/tuning.md what
 each change bought.
 """
 
-from configs import mnist_seed
+from cl_jax import config_files
+
+mnist_seed = config_files.sibling(__file__, "mnist_seed")
 
 
 def get_config():

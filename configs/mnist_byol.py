@@ -4,7 +4,9 @@ predictor on the online network and an EMA target network; no negatives.
   python -m cl_jax.train --config configs/mnist_byol.py --workdir runs/mnist_byol
 """
 
-from configs import mnist
+from cl_jax import config_files
+
+mnist = config_files.sibling(__file__, "mnist")
 
 
 def get_config():

@@ -4,7 +4,9 @@
   python -m cl_jax.train --config configs/mnist_margin.py --workdir runs/mnist_margin
 """
 
-from configs import mnist
+from cl_jax import config_files
+
+mnist = config_files.sibling(__file__, "mnist")
 
 
 def get_config():

@@ -4,7 +4,9 @@ momentum key network and a queue of 4,096 negatives (16 steps of 2 x 128 keys).
   python -m cl_jax.train --config configs/mnist_moco.py --workdir runs/mnist_moco
 """
 
-from configs import mnist
+from cl_jax import config_files
+
+mnist = config_files.sibling(__file__, "mnist")
 
 
 def get_config():

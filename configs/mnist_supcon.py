@@ -4,7 +4,9 @@ the self-supervised methods, on the default config's data, views, encoder and sc
   python -m cl_jax.train --config configs/mnist_supcon.py --workdir runs/mnist_supcon
 """
 
-from configs import mnist
+from cl_jax import config_files
+
+mnist = config_files.sibling(__file__, "mnist")
 
 
 def get_config():

@@ -4,7 +4,9 @@ on the default config's data, views, encoder and schedule.
   python -m cl_jax.train --config configs/mnist_triplet.py --workdir runs/mnist_triplet
 """
 
-from configs import mnist
+from cl_jax import config_files
+
+mnist = config_files.sibling(__file__, "mnist")
 
 
 def get_config():

@@ -22,8 +22,10 @@ import time
 NUM_IMAGES = 60000
 
 
-def measure_jax(batch_size, steps, warmup, parallel, dtype):
-  """Times cl_jax's on-device training step; returns a dict of measurements."""
+def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, kernels="auto"):
+  """Times cl_jax's training loop on device: `steps` steps in calls of `steps_per_call`
+  (0: the trainer's automatic choice), as the trainer runs them (no host sync between calls).
+  Returns a dict of measurements."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cl_jax import models, trainer  # pylint: disable=g-import-not-at-top
@@ -34,31 +36,43 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype):
   config.batch_size = batch_size
   config.parallel = parallel
   config.dtype = dtype
+  config.steps_per_call = steps_per_call
+  config.model.kernels = kernels
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
   labels = np.zeros(NUM_IMAGES, np.int32)  # SimCLR does not read them
-  training = trainer.OnDeviceTraining(config, devices, images, labels, schedule_steps=None)
+  steps_per_epoch = NUM_IMAGES // batch_size
+  per_call = trainer.resolve_steps_per_call(config, steps_per_epoch)
+  training = trainer.OnDeviceTraining(config, devices, images, labels, 10 * steps_per_epoch,
+                                      per_call)
   model = models.create_model(config)
-  tx = train_step_lib.create_optimizer(config, training.steps_per_epoch,
-                                       10 * training.steps_per_epoch)
+  tx = train_step_lib.create_optimizer(config, steps_per_epoch, 10 * steps_per_epoch)
   init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(0), 3)
   state = training.dp.put_state(
       train_step_lib.create_train_state(model, tx, init_key, images.shape[1:]))
 
+  def run(state, first, count):
+    step = first
+    while step < first + count:
+      n = training.steps_this_call(step, first + count, [])
+      state, metrics = training.run(state, step, n, shuffle_key, augment_key)
+      step += n
+    return state, {k: v[n - 1] for k, v in metrics.items()}
+
   start = time.perf_counter()
-  state, metrics = training.step(state, 0, shuffle_key, augment_key)
+  state, metrics = run(state, 0, per_call)
   jax.block_until_ready(metrics)
-  first_step = time.perf_counter() - start
-  for step in range(1, warmup + 1):
-    state, metrics = training.step(state, step, shuffle_key, augment_key)
+  first_call = time.perf_counter() - start
+  state, metrics = run(state, per_call, warmup)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for step in range(warmup + 1, warmup + 1 + steps):
-    state, metrics = training.step(state, step, shuffle_key, augment_key)
+  state, metrics = run(state, per_call + warmup, steps)
   jax.block_until_ready(metrics)
   seconds = time.perf_counter() - start
   stats = devices[0].memory_stats() or {}
-  return {"seconds_per_step": seconds / steps, "compile_seconds": first_step - seconds / steps,
+  return {"seconds_per_step": seconds / steps,
+          "compile_seconds": first_call - per_call * seconds / steps, "steps_per_call": per_call,
+          "kernels": models.resolve_kernels(kernels), "dtype": dtype,
           "device": f"{devices[0].device_kind} x{len(devices)}",
           "peak_device_bytes": stats.get("peak_bytes_in_use"), "loss": float(metrics["loss"])}
 
@@ -132,7 +146,8 @@ def child(args):
     print("RESULT " + json.dumps(measure_overheads()))
     return
   if args.framework == "cl_jax":
-    result = measure_jax(args.batch_size, args.steps, args.warmup, args.parallel, args.dtype)
+    result = measure_jax(args.batch_size, args.steps, args.warmup, args.parallel, args.dtype,
+                         args.steps_per_call, args.kernels)
   else:
     result = measure_torch(args.batch_size, args.steps, args.warmup)
   result["images_per_second"] = args.batch_size / result["seconds_per_step"]
@@ -145,7 +160,8 @@ def child(args):
 def run_child(framework, batch_size, args):
   command = [sys.executable, os.path.abspath(__file__), "--child", "--framework", framework,
              "--batch_size", str(batch_size), "--steps", str(args.steps), "--warmup",
-             str(args.warmup), "--parallel", args.parallel, "--dtype", args.dtype]
+             str(args.warmup), "--parallel", args.parallel, "--dtype", args.dtype,
+             "--steps_per_call", str(args.steps_per_call), "--kernels", args.kernels]
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root)
@@ -165,8 +181,12 @@ def main():
   parser.add_argument("--batch_sizes", default="128,512", help="comma-separated global batches")
   parser.add_argument("--frameworks", default="cl_jax,torch")
   parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions")
-  parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+  parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+  parser.add_argument("--warmup", type=int, default=50, help="untimed steps after the first call")
+  parser.add_argument("--steps_per_call", type=int, default=0,
+                      help="cl_jax steps per jitted call; 0 = the trainer's choice (50 here), "
+                      "1 = one dispatch per step")
+  parser.add_argument("--kernels", default="auto", help="cl_jax config.model.kernels")
   parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])
   parser.add_argument("--dtype", default="float32", help="cl_jax compute dtype")
   parser.add_argument("--out", default="", help="write all measurements here as JSON")

@@ -12,6 +12,8 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 MNIST_IDX_ENV = "MNIST_IDX_DIR"
 # Optional, for a developer's loop: a TFDS data dir that keeps the import between sessions.
 TEST_DATA_DIR_ENV = "CL_JAX_TEST_DATA_DIR"
+# Set by .ci/run: missing real data fails the tests that need it instead of skipping them.
+REQUIRE_DATA_ENV = "CL_JAX_REQUIRE_DATA"
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +21,10 @@ def mnist_data_dir(tmp_path_factory):
   """A TFDS data dir holding MNIST, imported offline from $MNIST_IDX_DIR once per session."""
   src = os.environ.get(MNIST_IDX_ENV)
   if not src or not os.path.isdir(src):
-    pytest.skip(f"set {MNIST_IDX_ENV} to the folder with the MNIST IDX files")
+    message = f"set {MNIST_IDX_ENV} to the folder with the MNIST IDX files"
+    if os.environ.get(REQUIRE_DATA_ENV):
+      pytest.fail(f"{message} ({REQUIRE_DATA_ENV} is set: real-data tests may not skip)")
+    pytest.skip(message)
   from cl_jax.data import import_idx  # pylint: disable=g-import-not-at-top
   data_dir = os.environ.get(TEST_DATA_DIR_ENV) or str(tmp_path_factory.mktemp("tfds"))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,253 @@
+"""Checks and times cl_jax on an accelerator in one go; writes what it measured as JSON.
+
+  python scripts/accelerator_check.py --idx_dir DIR_WITH_MNIST_IDX_FILES --out OUT_DIR
+
+Meant for a GPU/TPU machine, also one without TensorFlow (MNIST is read from
+the IDX files, TensorBoard is skipped). In order:
+1. max-pool gradients with ties, the custom CPU kernels against XLA's
+   (values and gradients on a real MNIST batch), on the accelerator;
+2. NT-Xent's loss and gradient on the accelerator against float64 NumPy, with
+   the similarity matmul at HIGHEST (ours) and at the backend's default;
+3. the default config (configs/mnist.py) trained and evaluated end to end;
+4. steps_per_call=1 against the automatic choice: the same parameters?
+5. training throughput (scripts/benchmark.py's loop): batch sizes, steps per
+   call, float32 / bfloat16, XLA / custom kernels; the PyTorch reference too
+   where torch sees the GPU.
+Every section prints its numbers; none passes or fails on time.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def idx_loader(idx_dir):
+  """A stand-in for data.load_split that reads the IDX files (no TensorFlow needed), in the
+  same canonical order."""
+  from cl_jax import data  # pylint: disable=g-import-not-at-top
+  from cl_jax.data import idx  # pylint: disable=g-import-not-at-top
+  cache = {}
+
+  def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
+    del dataset, data_dir, download
+    if split not in cache:
+      images, labels = idx.read_idx_split(idx_dir, split)
+      labels = labels.astype(np.int32)
+      order = data.canonical_order(images, labels)
+      cache[split] = data.Split(images=images[order], labels=labels[order])
+    whole = cache[split]
+    if max_examples < 0:
+      return whole
+    return data.Split(images=whole.images[:max_examples], labels=whole.labels[:max_examples])
+  return load_split
+
+
+def relative_error(got, expected):
+  got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+  return float(np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-30))
+
+
+def check_kernels(train):
+  """Section 1: the max pool's tie rule and the custom kernels against XLA's, on device."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from cl_jax import losses, models  # pylint: disable=g-import-not-at-top
+  from configs import mnist_seed  # pylint: disable=g-import-not-at-top
+  out = {}
+  blank = lambda b: jnp.sum(models.max_pool_2x2(jax.nn.relu(jnp.zeros((1, 28, 28, 1)) + b)))
+  out["blank_image_bias_gradient (expect 196)"] = float(jax.grad(blank)(0.5))
+  x = jnp.asarray(train.images[:256], jnp.float32) / 255.0
+  h = jax.nn.relu(x * 0.7 + 0.1)  # every background window ties at 0.1
+  cotangent = jnp.asarray(np.random.default_rng(0).normal(size=(256, 14, 14, 1)), jnp.float32)
+  ours = jax.grad(lambda h: jnp.sum(models.max_pool_2x2(h) * cotangent))(h)
+  flax = jax.grad(lambda h: jnp.sum(nn.max_pool(h, (2, 2), (2, 2)) * cotangent))(h)
+  out["max_pool_gradient_equal_to_flax_on_mnist"] = bool(np.array_equal(ours, flax))
+  config = mnist_seed.get_config()
+  for precision in ("default", "highest"):
+    config.matmul_precision = precision
+    built = {}
+    for kernels in ("cpu", "xla"):
+      config.model.kernels = kernels
+      built[kernels] = models.create_model(config)
+    params = built["cpu"].init(jax.random.key(0), x[:1])["params"]
+    loss = lambda p, m: losses.nt_xent(*jnp.split(m.apply({"params": p}, x)[1], 2), 0.5)
+    values = {k: jax.jit(lambda p, m=m: m.apply({"params": p}, x)[1])(params)
+              for k, m in built.items()}
+    grads = {k: jax.jit(jax.grad(lambda p, m=m: loss(p, m)))(params) for k, m in built.items()}
+    out[f"kernels_cpu_vs_xla_{precision}"] = {
+        "projections_relative_error": relative_error(values["cpu"], values["xla"]),
+        "gradient_relative_error_worst_leaf": max(
+            relative_error(a, b) for a, b in zip(jax.tree.leaves(grads["cpu"]),
+                                                 jax.tree.leaves(grads["xla"])))}
+  return out
+
+
+def nt_xent_numpy(z1, z2, t):
+  """Float64 NT-Xent and its gradient with respect to z1, z2 (closed form)."""
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  norms = np.linalg.norm(z, axis=1, keepdims=True)
+  u = z / norms
+  n = len(z1)
+  s = u @ u.T / t
+  np.fill_diagonal(s, -np.inf)
+  p = np.exp(s - s.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  positive = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+  loss = np.mean(-np.log(p[np.arange(2 * n), positive]))
+  target = np.zeros_like(p)
+  target[np.arange(2 * n), positive] = 1
+  g_s = (p - target) / (2 * n) / t  # d loss / d (u u^T) before symmetrising
+  g_u = (g_s + g_s.T) @ u
+  g_z = (g_u - u * np.sum(g_u * u, axis=1, keepdims=True)) / norms
+  return loss, g_z[:n], g_z[n:]
+
+
+def check_precision():
+  """Section 2: NT-Xent on device against float64, HIGHEST (ours) and the backend default."""
+  from cl_jax import losses  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  z1 = rng.normal(size=(512, 64)).astype(np.float32)
+  z2 = (z1 + 0.3 * rng.normal(size=z1.shape)).astype(np.float32)
+  out = {}
+  for t in (0.5, 0.1):
+    loss, g1, g2 = nt_xent_numpy(z1, z2, t)
+    value, grads = jax.jit(jax.value_and_grad(lambda a, b, t=t: losses.nt_xent(a, b, t),
+                                              argnums=(0, 1)))(z1, z2)
+    default = losses.HIGHEST
+    try:  # the same loss with the backend's default matmul precision, for comparison
+      losses.HIGHEST = jax.lax.Precision.DEFAULT
+      value_default, grads_default = jax.jit(jax.value_and_grad(
+          lambda a, b, t=t: losses.nt_xent(a, b, t), argnums=(0, 1)))(z1, z2)
+    finally:
+      losses.HIGHEST = default
+    expected = np.concatenate([g1, g2])
+    out[f"t={t}"] = {
+        "loss_float64": loss,
+        "loss_relative_error_highest": abs(float(value) - loss) / loss,
+        "gradient_relative_error_highest": relative_error(np.concatenate(grads), expected),
+        "loss_relative_error_backend_default": abs(float(value_default) - loss) / loss,
+        "gradient_relative_error_backend_default": relative_error(
+            np.concatenate(grads_default), expected)}
+  return out
+
+
+def check_throughput(quick):
+  """Section 5: images/s of the training loop (and the PyTorch reference)."""
+  import benchmark  # pylint: disable=g-import-not-at-top
+  rows = []
+  grid = [(128, 0, "float32", "auto"), (128, 1, "float32", "auto"),
+          (128, 0, "float32", "cpu"), (1024, 0, "float32", "auto"),
+          (1024, 0, "bfloat16", "auto"), (4096, 0, "float32", "auto")]
+  if quick:
+    grid = grid[:2]
+  for batch, per_call, dtype, kernels in grid:
+    result = benchmark.measure_jax(batch, steps=200, warmup=50, parallel="shard_map",
+                                   dtype=dtype, steps_per_call=per_call, kernels=kernels)
+    result.update(framework="cl_jax", batch_size=batch,
+                  images_per_second=batch / result["seconds_per_step"])
+    rows.append(result)
+    print(f"  cl_jax batch {batch:5d} per_call {result['steps_per_call']:3d} {dtype:8s} "
+          f"{result['kernels']:3s}: {result['images_per_second']:10.0f} img/s, "
+          f"{1e3 * result['seconds_per_step']:.3f} ms/step, compile {result['compile_seconds']:.1f} s",
+          flush=True)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    if torch.cuda.is_available():
+      for batch in (128, 1024):
+        result = benchmark.measure_torch(batch, steps=200, warmup=20)
+        result.update(framework="torch", batch_size=batch,
+                      images_per_second=batch / result["seconds_per_step"])
+        rows.append(result)
+        print(f"  torch  batch {batch:5d}: {result['images_per_second']:10.0f} img/s "
+              f"({result['device']})", flush=True)
+  except ImportError:
+    pass
+  return rows
+
+
+def quick_config(name, workdir_overrides):
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.progress_bar = False
+  for key, value in workdir_overrides.items():
+    config[key] = value
+  return config
+
+
+def check_steps_per_call(out_dir):
+  """Section 4: one step per call against the automatic choice, 2 epochs of 4,096 images."""
+  from cl_jax import trainer  # pylint: disable=g-import-not-at-top
+  shas = {}
+  for per_call in (1, 0):
+    config = quick_config("mnist", dict(max_train_examples=4096, num_epochs=2,
+                                        evaluate_at_end=False, eval_every_epochs=0,
+                                        steps_per_call=per_call))
+    start = time.perf_counter()
+    results = trainer.train_and_evaluate(config, os.path.join(out_dir, f"per_call_{per_call}"))
+    shas[per_call] = results["params_sha256"]
+    print(f"  steps_per_call={per_call}: {results['steps']} steps in "
+          f"{time.perf_counter() - start:.1f} s, loss {results['final_loss']:.6f}", flush=True)
+  return {"equal_params_sha256": shas[1] == shas[0], "sha256": shas}
+
+
+def check_default_run(out_dir, config_name):
+  """Section 3: configs/<config_name>.py trained and evaluated end to end."""
+  from cl_jax import trainer  # pylint: disable=g-import-not-at-top
+  config = quick_config(config_name, {})
+  workdir = os.path.join(out_dir, config_name)
+  start = time.perf_counter()
+  results = trainer.train_and_evaluate(config, workdir)
+  results["wall_seconds_train_and_evaluate"] = time.perf_counter() - start
+  keep = ("knn_train_test", "knn_train_test_cosine", "knn_seed", "linear_probe", "raw_pixels",
+          "train_seconds", "images_per_second", "first_call_seconds", "steps", "steps_per_call",
+          "params_sha256", "wall_seconds_train_and_evaluate", "final_loss")
+  return {k: results[k] for k in keep if k in results}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--idx_dir", required=True, help="folder with the four MNIST IDX files")
+  parser.add_argument("--out", required=True, help="folder for report.json and workdirs")
+  parser.add_argument("--sections", default="kernels,precision,run,steps_per_call,throughput")
+  parser.add_argument("--config", default="mnist", help="config of the end-to-end run")
+  parser.add_argument("--quick", action="store_true", help="a small throughput grid")
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+
+  from cl_jax import config_validation, data  # pylint: disable=g-import-not-at-top
+  data.load_split = idx_loader(args.idx_dir)
+  config_validation.check_dataset = lambda name: None  # TFDS may be absent; MNIST is known
+  report = {"jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [f"{d.device_kind} ({d.platform})" for d in jax.devices()]}
+  print(json.dumps(report), flush=True)
+  train = data.load_split("mnist", "train")
+  sections = {"kernels": lambda: check_kernels(train), "precision": check_precision,
+              "throughput": lambda: check_throughput(args.quick),
+              "steps_per_call": lambda: check_steps_per_call(args.out),
+              "run": lambda: check_default_run(args.out, args.config)}
+  for name in args.sections.split(","):
+    print(f"== {name}", flush=True)
+    start = time.perf_counter()
+    try:
+      report[name] = sections[name]()
+    except Exception:  # pylint: disable=broad-except  (report and go on to the next section)
+      report[name] = {"error": traceback.format_exc()[-3000:]}
+    report[f"{name}_seconds"] = time.perf_counter() - start
+    if name != "throughput":
+      print(json.dumps(report[name], indent=1, default=str)[:4000], flush=True)
+    with open(os.path.join(args.out, "report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+  main()
