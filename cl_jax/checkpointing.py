@@ -90,14 +90,19 @@ def config_differences(saved_config_json, config):
 _CORRUPTION_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION")
 
 
+# The folder of the one item (Orbax's default) inside a step folder.
+_ITEM = "default"
+
+
 def is_corruption(error):
   """Whether a restore error proves the checkpoint's data incomplete or damaged."""
-  message = str(error)
-  if isinstance(error, KeyError) and "was not found in the checkpoint" in message:
-    return True  # the item folder is missing: the step folder is an empty shell
-  if isinstance(error, FileNotFoundError):
-    return True
-  return isinstance(error, ValueError) and message.startswith(_CORRUPTION_CODES)
+  if isinstance(error, (FileNotFoundError, json.JSONDecodeError)):
+    return True  # a missing item folder or file, or torn metadata
+  return isinstance(error, ValueError) and str(error).startswith(_CORRUPTION_CODES)
+
+
+def _is_structure_mismatch(error):
+  return isinstance(error, ValueError) and "tree structures do not match" in str(error)
 
 
 class Checkpointer:
@@ -123,16 +128,17 @@ class Checkpointer:
       DATA_LOSS, OUT_OF_RANGE, NOT_FOUND, FAILED_PRECONDITION): the step is
       moved aside to `corrupt-<step>` with a warning and the previous one tried;
     - another tree structure (a different method or model under resume=force):
-      CheckpointError, the checkpoint left in place;
+      CheckpointError at once, the checkpoint left in place;
     - anything else (I/O errors, permissions, time-outs): CheckpointError, the
       checkpoint left in place: re-run once the storage is back.
-    With several processes each one reads, and they decide together: any error
-    stops all of them; else a step that any process found corrupt is set aside
-    by all of them.
+    With several processes each one reads on its own (no Orbax barrier), then
+    they decide together: any error stops all of them; else a step that any
+    process found corrupt is set aside by all of them.
 
     Returns (step, tree), or (None, None) when there are no checkpoints.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    multihost.assert_same(steps, "every process must see the same checkpoint steps")
     corrupt = []
     for step in steps:
       verdict, tree, detail = self._try_restore(step, target, attempts, retry_seconds)
@@ -159,22 +165,37 @@ class Checkpointer:
 
   def _try_restore(self, step, target, attempts, retry_seconds):
     """Returns (verdict, tree or None, first line of the error or "")."""
-    for attempt in range(attempts):
+    error = None
+    for attempt in range(max(attempts, 1)):
       try:
         return multihost.OK, self._restore_present(step, target), ""
       except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
         error = e
+      if is_corruption(error) or _is_structure_mismatch(error):
+        break  # reading again cannot help
       if attempt + 1 < attempts:
         time.sleep(retry_seconds * 2**attempt)
     detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
     return (multihost.CORRUPT if is_corruption(error) else multihost.ERROR), None, detail
 
   def _restore_present(self, step, target):
-    """Restores `target`'s structure, leaving out optional keys the checkpoint lacks."""
-    saved = self.manager.item_metadata(step)
-    saved_keys = set(saved.keys()) if saved is not None else set()
-    target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
-    return self.restore(step, target)
+    """Reads step `step` on this process alone (no barrier: a process whose read fails must
+    not leave the others waiting inside Orbax), leaving out optional keys it lacks."""
+    index = jax.process_index()
+    reader = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=index, active_processes={index}))
+    try:
+      path = os.path.join(self.directory, str(step), _ITEM)
+      saved = reader.metadata(path).item_metadata
+      if saved is None:  # Orbax read no metadata: missing or torn (raises), or unreadable
+        with open(os.path.join(path, "_METADATA"), encoding="utf-8") as f:
+          json.load(f)
+        raise OSError(f"Orbax could not read the metadata in {path}")
+      saved_keys = set(saved.keys())
+      target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
+      return reader.restore(path, target)
+    finally:
+      reader.close()
 
   def _set_aside(self, steps):
     """Renames unreadable step folders so that Orbax saves newer steps again (all processes

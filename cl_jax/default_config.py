@@ -39,8 +39,9 @@ def get_config():
   config.model.kernels = "auto"  # Conv/pool code: "auto" (custom CPU kernels on CPU, XLA's elsewhere), "xla" or "cpu".
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and loss stay float32.
   # Precision of the convs' and dense layers' matmuls: "default" = the backend's (float32 on
-  # CPU, TF32 on Ampere+ GPUs, bf16 passes on TPU), "high" (bf16x3) or "highest" (float32).
-  # The loss's similarities and the augmentation's coordinates always use "highest".
+  # CPU, TF32 on Ampere+ GPUs, one bf16 pass on TPU), "high" (TPU: 3 bf16 passes; GPU: TF32)
+  # or "highest" (float32). The loss's similarities and the augmentation's coordinates always
+  # use "highest"; kernels="cpu" ignores this field (XLA:CPU computes float32 anyway).
   config.matmul_precision = "default"
 
   # Loss and optimisation.

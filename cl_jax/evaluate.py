@@ -12,13 +12,27 @@ import sys
 
 from absl import app
 from absl import flags
-import ml_collections
-
+from cl_jax import default_config
 from cl_jax import evaluator
 from cl_jax import multihost
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
 multihost.define_flags()
+
+
+def with_defaults(saved):
+  """The saved config over today's defaults: a run written before a field existed gets the
+  field's default (which is what that run did)."""
+  config = default_config.get_config()
+
+  def overlay(target, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in target:
+        overlay(target[key], value)
+      else:
+        target[key] = value
+  overlay(config, saved)
+  return config
 
 
 def main(argv):
@@ -30,7 +44,7 @@ def main(argv):
           file=sys.stderr)
     sys.exit(2)
   with open(config_path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = with_defaults(json.load(f))
   multihost.initialize_from_flags()
   try:
     results = evaluator.evaluate_run(config, _WORKDIR.value)

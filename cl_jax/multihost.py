@@ -6,6 +6,9 @@ the devices of every process and jitted computations over a mesh of them are
 collective across processes (NCCL on GPU, ICI/DCN on TPU, Gloo on CPU).
 """
 
+import itertools
+import zlib
+
 from absl import flags
 import jax
 from jax.experimental import multihost_utils
@@ -59,13 +62,14 @@ def barrier(name):
     multihost_utils.sync_global_devices(name)
 
 
-def preemption_requested(step):
-  """True on every process, at the same step, once any process got SIGTERM.
+def preemption_requested(counter):
+  """True on every process, at the same `counter`, once any process got SIGTERM.
 
   JAX's preemption sync (set up by `jax.distributed.initialize`) agrees on the
-  step, so that all processes save the same checkpoint (a collective) and stop.
+  counter, so that all processes save the same checkpoint (a collective) and
+  stop. The counter must go up by one between calls (the trainer counts calls).
   """
-  return multihost_utils.reached_preemption_sync_point(step)
+  return multihost_utils.reached_preemption_sync_point(counter)
 
 
 # Restore verdicts, ordered by severity (see checkpointing.Checkpointer.restore_latest).
@@ -74,14 +78,32 @@ OK, CORRUPT, ERROR = 0, 1, 2
 
 def worst_verdict(verdict):
   """The most severe of every process's `verdict` (each process passes its own)."""
+  assert verdict in (OK, CORRUPT, ERROR), verdict
   if not is_multiprocess():
     return verdict
   return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
 
 
+def assert_same(values, message):
+  """Raises on every process unless all processes pass equal `values` (a list of ints)."""
+  if is_multiprocess():
+    digest = np.uint32(zlib.crc32(repr(list(values)).encode()))
+    multihost_utils.assert_equal(digest, f"{message}: {list(values)} on process "
+                                 f"{jax.process_index()}")
+
+
+_barriers = itertools.count()
+
+
 def wait_for_every_process(name, timeout_seconds=7200):
   """A barrier on JAX's coordination service (no device collective, so no collective
-  time-out): for processes that wait while process 0 alone works (the evaluation)."""
-  if is_multiprocess():
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_seconds * 1000)
+  time-out): for processes that wait while process 0 alone works (the evaluation).
+  Falls back to a device barrier where no distributed client exists."""
+  if not is_multiprocess():
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  (what Orbax uses too)
+  client = distributed.global_state.client
+  if client is None:
+    barrier(name)
+    return
+  client.wait_at_barrier(f"cl_jax_{name}_{next(_barriers)}", timeout_in_ms=timeout_seconds * 1000)

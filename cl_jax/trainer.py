@@ -105,7 +105,9 @@ class OnDeviceTraining:
                                self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
     if self.dp.mode == "shard_map":
-      self._run = jax.jit(self._run_steps, donate_argnums=0)
+      replicated = self.dp.replicated_sharding()
+      self._run = jax.jit(self._run_steps, donate_argnums=0,
+                          out_shardings=(replicated, replicated))
     self._epoch = self._permutation = None
 
   def _batch(self, data, permutation, step):
@@ -143,11 +145,12 @@ class OnDeviceTraining:
     """Runs global steps step .. step + count - 1 (one epoch) on device-resident `state`;
     returns (state, metrics with a leading axis of at least `count`)."""
     epoch = step // self.steps_per_epoch
+    assert 0 < count <= self.steps_per_call and (step + count - 1) // self.steps_per_epoch == epoch
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
     if self.dp.mode == "shard_map":
-      return self._run(state, self.data, self._permutation, jnp.int32(step), jnp.int32(count),
+      return self._run(state, self.data, self._permutation, np.int32(step), np.int32(count),
                        augment_key)
     # pmap (maintenance mode in JAX) keeps one dispatch per step.
     every = []
@@ -187,7 +190,7 @@ def stop_requests():
   handler = lambda signum, frame: received.append(signum)
   previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    yield lambda step: received[0] if received else None
+    yield lambda call: received[0] if received else None
   finally:
     for signum, old in previous.items():
       signal.signal(signum, old)

@@ -1,6 +1,7 @@
 """Shared fixtures. Simulates 8 CPU devices; must run before JAX initialises."""
 
 import os
+import socket
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -31,3 +32,12 @@ def mnist_data_dir(tmp_path_factory):
   if not tfds.builder("mnist", data_dir=data_dir).is_prepared():
     import_idx.import_idx(src, "mnist", data_dir)
   return data_dir
+
+
+@pytest.fixture
+def closed_local_port():
+  """A local TCP port nothing listens on (connections are refused): stands in for a download
+  host that cannot be reached, without sending anything off this machine."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -1,6 +1,5 @@
 """cl_jax.data: offline IDX import -> TFDS -> in-memory split, on small synthetic files."""
 
-import socket
 import time
 
 import numpy as np
@@ -50,12 +49,6 @@ def test_load_split_order_does_not_depend_on_the_source_order(tmp_path):
   np.testing.assert_array_equal(first.images, data.load_split("mnist", "train", reordered).images[:5])
 
 
-def closed_local_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]  # closed once the socket is: connections are refused
-
-
 def test_missing_dataset_error_names_the_fix(tmp_path):
   with pytest.raises(data.DatasetNotPreparedError,
                      match=r"(?s)data_download=False.*python -m cl_jax.data.import_idx --src .* "
@@ -63,10 +56,11 @@ def test_missing_dataset_error_names_the_fix(tmp_path):
     data.load_split("mnist", "train", str(tmp_path), download=False)
 
 
-def test_offline_download_fails_fast_and_names_the_fix(tmp_path, monkeypatch):
+def test_offline_download_fails_fast_and_names_the_fix(tmp_path, monkeypatch, closed_local_port):
   """Downloading is the default; with the download host unreachable (a closed local port
   stands in for it here) the error comes at once and names the offline import."""
-  monkeypatch.setenv(data.DOWNLOAD_PROBE_ENV, f"127.0.0.1:{closed_local_port()}")
+  monkeypatch.setenv(data.DOWNLOAD_PROBE_ENV, f"127.0.0.1:{closed_local_port}")
+  import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import  (not timed)
   start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError,
                      match=r"(?s)cannot be downloaded: 127.0.0.1:\d+ does not answer .*"

@@ -85,3 +85,17 @@ def test_online_monitor_agrees_with_sklearn(mnist_data_dir):
   expected = evaluation.knn_accuracy(bank, train.labels, queries, test.labels, 5, "cosine")
   # Identical predictions expected; one flip of 500 allowed for float32 near-ties.
   assert monitor.accuracy(params) == pytest.approx(expected, abs=1 / 500 + 1e-12)
+
+
+def test_evaluate_reads_a_config_saved_before_newer_fields_existed():
+  """A workdir's config.json from before `model.kernels` and `matmul_precision`: evaluation
+  builds the model with their defaults and keeps every saved value."""
+  import json  # pylint: disable=g-import-not-at-top
+  from cl_jax import default_config, evaluate, models  # pylint: disable=g-import-not-at-top
+  saved = json.loads(default_config.get_config().to_json())
+  del saved["matmul_precision"], saved["model"]["kernels"]
+  saved["model"]["dense_features"], saved["temperature"] = 64, 0.2
+  config = evaluate.with_defaults(saved)
+  assert config.model.kernels == "auto" and config.matmul_precision == "default"
+  assert config.model.dense_features == 64 and config.temperature == 0.2
+  models.create_model(config)  # raised AttributeError before

@@ -3,7 +3,6 @@ absolute config path, no --workdir, and (offline) no data yet."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,25 +13,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist.py")
 
 
-def closed_local_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def train(cwd, args, **env):
   return subprocess.run([sys.executable, "-m", "cl_jax.train", "--config", CONFIG, *args],
                         cwd=cwd, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, **env))
 
 
-def test_offline_first_run_fails_fast_naming_the_import(tmp_path):
+def test_offline_first_run_fails_fast_naming_the_import(tmp_path, closed_local_port):
   """No data and no network (a closed local port stands in for the download host): exit 2
   within seconds of start-up, the default workdir printed, the import command named."""
   start = time.monotonic()
   proc = train(str(tmp_path), ["--config.progress_bar=False"],
                TFDS_DATA_DIR=str(tmp_path / "tfds"), HOME=str(tmp_path / "home"),
-               CL_JAX_DOWNLOAD_PROBE=f"127.0.0.1:{closed_local_port()}")
+               CL_JAX_DOWNLOAD_PROBE=f"127.0.0.1:{closed_local_port}")
   elapsed = time.monotonic() - start
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert f"workdir: {tmp_path / 'runs' / 'mnist'}" in proc.stderr

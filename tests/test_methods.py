@@ -12,6 +12,8 @@ import pytest
 
 from cl_jax import augment
 from cl_jax import checkpointing
+from cl_jax import data
+from cl_jax import evaluation
 from cl_jax import losses
 from cl_jax import methods
 from cl_jax import models
@@ -297,15 +299,12 @@ def test_moco_second_step_wraps_the_queue(moco_one_device):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol", "supcon", "triplet", "margin"])
-def test_short_run_learns_and_checkpoints_its_state(mnist_data_dir, tmp_path, method):
+def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   overrides = dict(method=method, max_train_examples=2048, batch_size=64, max_steps=32,
                    log_every_steps=8, checkpoint_every_steps=16, num_devices=2, queue_size=256)
   workdir = str(tmp_path / method)
   results = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), workdir)
-  logged = [m["loss"] for m in read_metrics(workdir)]
-  # Seen (2 devices): moco 5.29 -> 4.77, byol 0.84 -> 0.35, supcon 4.27 -> 3.86,
-  # triplet 0.48 -> 0.37, margin 0.027 -> 0.018 from step 8 to step 32.
-  assert np.all(np.isfinite(logged)) and logged[-1] < logged[0], logged
+  assert np.all(np.isfinite([m["loss"] for m in read_metrics(workdir)]))
   tree = checkpointing.Checkpointer(workdir).restore(32, None)
   assert ("momentum_params" in tree) == (method in methods.MOMENTUM_METHODS)
   assert ("queue" in tree) == (method == "moco")
@@ -320,3 +319,40 @@ def test_short_run_learns_and_checkpoints_its_state(mnist_data_dir, tmp_path, me
     again = checkpointing.Checkpointer(resumed_dir).restore(32, None)
     for name in ("queue", "queue_next", "momentum_params"):
       jax.tree.map(np.testing.assert_array_equal, again[name], tree[name])
+
+
+def encoder_knn(config, params, train, test):
+  """Cosine k-NN (k=5) of the encoder's features: train bank, test queries."""
+  model = models.create_model(config)
+  bank, _ = evaluation.embed(model, params, train.images)
+  queries, _ = evaluation.embed(model, params, test.images)
+  return evaluation.knn_accuracy(bank, train.labels, queries, test.labels, 5, "cosine")
+
+
+@pytest.mark.long  # ~1 min per method
+@pytest.mark.parametrize("method", [
+    "simclr", "moco", "supcon", "triplet", "margin",
+    pytest.param("byol", marks=pytest.mark.xfail(
+        strict=True, reason="BYOL without batch norm collapses (docs/methods.md; open issue)"))])
+def test_short_run_beats_its_random_initialisation(mnist_data_dir, tmp_path, method):
+  """A method that learns makes the encoder's k-NN better than the same encoder at random
+  initialisation (on MNIST a random CNN is already ~91%): 128 steps of batch 64, 4,000
+  bank and 1,000 query images. A collapsing method falls below it."""
+  overrides = dict(method=method, max_train_examples=2048, batch_size=64, num_epochs=4,
+                   log_every_steps=32, checkpoint_every_steps=1000, num_devices=2,
+                   queue_size=256)
+  config = quick_config(mnist_data_dir, **overrides)
+  workdir = str(tmp_path / method)
+  trainer.train_and_evaluate(config, workdir)
+  trained = checkpointing.Checkpointer(workdir).restore_params(128)
+  init_key = jax.random.split(jax.random.key(config.seed), 3)[0]  # as the trainer draws it
+  initial = train_step_lib.create_train_state(models.create_model(config),
+                                              train_step_lib.create_optimizer(config, 32, 128),
+                                              init_key, (28, 28, 1), config).params
+  train = data.load_split("mnist", "train", mnist_data_dir, 4000)
+  test = data.load_split("mnist", "test", mnist_data_dir, 1000)
+  before = encoder_knn(config, initial, train, test)
+  after = encoder_knn(config, trained, train, test)
+  # Seen: random init 90.9%; after 128 steps simclr 93.5%, triplet 94.2%, byol 84.4%.
+  # One point is 10 of the 1,000 queries.
+  assert after >= before + 0.01, (before, after)

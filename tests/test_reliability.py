@@ -3,6 +3,7 @@ workdirs of another config, and kill -9 at random moments (scripts/fault_injecti
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,14 +82,14 @@ def test_transient_read_errors_are_retried_not_set_aside(tmp_path, monkeypatch):
   """A read that fails twice (a flaky mount) then works: the newest checkpoint is used and
   nothing is moved aside."""
   checkpointer, tree = small_checkpoints(str(tmp_path))
-  real_restore, calls = checkpointer.restore, []
+  real_restore, calls = checkpointer._restore_present, []  # pylint: disable=protected-access
 
   def flaky(step, target):
     calls.append(step)
     if len(calls) <= 2:
       raise OSError(5, "Input/output error")
     return real_restore(step, target)
-  monkeypatch.setattr(checkpointer, "restore", flaky)
+  monkeypatch.setattr(checkpointer, "_restore_present", flaky)
   step, restored = checkpointer.restore_latest(tree, retry_seconds=0.01)
   assert step == 2 and calls == [2, 2, 2] and int(restored["step"]) == 2
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
@@ -99,7 +100,7 @@ def test_persistent_io_error_fails_loudly_and_keeps_the_checkpoint(tmp_path, mon
 
   def unreachable(step, target):
     raise ValueError("UNAVAILABLE: Error reading from the bucket: connection reset")
-  monkeypatch.setattr(checkpointer, "restore", unreachable)
+  monkeypatch.setattr(checkpointer, "_restore_present", unreachable)
   with pytest.raises(checkpointing.CheckpointError, match=r"step 2 .*UNAVAILABLE.*left in place"):
     checkpointer.restore_latest(tree, retry_seconds=0.01)
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
@@ -112,6 +113,24 @@ def test_structure_mismatch_fails_loudly_and_keeps_the_checkpoint(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match="step 2"):
     checkpointer.restore_latest(other, retry_seconds=0.01)
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
+
+
+@pytest.mark.parametrize("damage", ["missing_item_folder", "torn_metadata", "truncated_data"])
+def test_real_corruption_is_set_aside_and_the_previous_step_used(tmp_path, damage):
+  """Damage as a torn write leaves it (not a hand-written error): the newest step is moved
+  aside as corrupt-2 and step 1 restored."""
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+  item = os.path.join(checkpointer.directory, "2", "default")
+  if damage == "missing_item_folder":
+    shutil.rmtree(item)
+  elif damage == "torn_metadata":
+    with open(os.path.join(item, "_METADATA"), "r+b") as f:
+      f.truncate(os.path.getsize(os.path.join(item, "_METADATA")) // 2)
+  else:
+    fault_injection.corrupt_checkpoint(str(tmp_path), 2, np.random.default_rng(1))
+  step, restored = checkpointer.restore_latest(tree, retry_seconds=0.01)
+  assert step == 1 and int(restored["step"]) == 1
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "corrupt-2"]
 
 
 def test_checkpoint_without_schedule_steps_still_restores(tmp_path):
