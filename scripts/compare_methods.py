@@ -43,7 +43,7 @@ def write_report(path, runs, raw, num_epochs, data_dir, reused=()):
       "",
       "k = 5; `train_test`: k-NN fit on the 60,000 training images' encoder features, predicting",
       "the 10,000 test images; linear probe: logistic regression on the same features;",
-      "`seed`: fit on the first 8,000 test images, predict the last 2,000. Hand-run",
+      "`seed`: fit on the first 8,000 test images (canonical order), predict the last 2,000. Hand-run",
       "experiments with the methods' settings (BYOL's): `docs/tuning.md`.",
       "",
       "| method | config | k-NN train_test | k-NN train_test (cosine) | linear probe | k-NN seed "

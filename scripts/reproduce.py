@@ -72,12 +72,13 @@ def write_report(path, runs, raw):
       "",
       f"Written by `scripts/reproduce.py` on {datetime.date.today().isoformat()} "
       "(`python scripts/reproduce.py [--data_dir TFDS_DIR]`); each config trained from "
-      "scratch, then evaluated, alone on the machine.",
+      "scratch, then evaluated.",
       f"Machine: {machine()}.",
       "",
       "k = 5 throughout. `seed`: k-NN fit on the first 8,000 test images, predicting the last",
-      "2,000 (the replaced example's protocol); `train_test`: fit on the 60,000 training",
-      "images, predict the 10,000 test images. Features are the encoder output.",
+      "2,000 (the replaced example's protocol; \"first\" in the canonical order of",
+      "`cl_jax/data`, the same however the data were prepared); `train_test`: fit on the",
+      "60,000 training images, predict the 10,000 test images. Features are the encoder output.",
       "",
       "| what | k-NN seed | k-NN seed (cosine) | k-NN train_test | k-NN train_test (cosine) | "
       "linear probe | train time | wall time (train + eval) |",
