@@ -12,7 +12,9 @@ the IDX files, TensorBoard is skipped). In order:
 4. steps_per_call=1 against the automatic choice: the same parameters?
 5. training throughput (scripts/benchmark.py's loop): batch sizes, steps per
    call, float32 / bfloat16, XLA / custom kernels; the PyTorch reference too
-   where torch sees the GPU.
+   where torch sees the GPU;
+6. (--sections drift) where one step per call and 8 per call part, per step,
+   at the default matmul precision and at HIGHEST.
 Every section prints its numbers; none passes or fails on time.
 """
 
@@ -200,6 +202,37 @@ def check_steps_per_call(out_dir):
   return {"equal_params_sha256": shas[1] == shas[0], "sha256": shas}
 
 
+def check_drift(train):
+  """Section 6: the per-step losses of 16 steps run one per call against two calls of 8,
+  at the backend's default matmul precision and at HIGHEST: where do they part?"""
+  from cl_jax import models, trainer  # pylint: disable=g-import-not-at-top
+  from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for precision in ("default", "highest"):
+    losses, params = {}, {}
+    for per_call in (1, 8):
+      config = quick_config("mnist", dict(matmul_precision=precision))
+      spe = len(train) // config.batch_size
+      training = trainer.OnDeviceTraining(config, jax.local_devices(), train.images,
+                                          train.labels, 20 * spe, per_call)
+      init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(0), 3)
+      state = training.dp.put_state(train_step_lib.create_train_state(
+          models.create_model(config), train_step_lib.create_optimizer(config, spe, 20 * spe),
+          init_key, (28, 28, 1), config))
+      seen = []
+      for step in range(0, 16, per_call):
+        state, metrics = training.run(state, step, per_call, shuffle_key, augment_key)
+        seen += [float(v) for v in np.asarray(metrics["loss"])[:per_call]]
+      losses[per_call], params[per_call] = seen, jax.device_get(state.params)
+    differences = [abs(a - b) for a, b in zip(losses[1], losses[8])]
+    out[precision] = {
+        "first_differing_step": next((i + 1 for i, d in enumerate(differences) if d > 0), None),
+        "loss_differences": differences,
+        "params_after_16_relative_error": max(relative_error(a, b) for a, b in zip(
+            jax.tree.leaves(params[1]), jax.tree.leaves(params[8])))}
+  return out
+
+
 def check_default_run(out_dir, config_name):
   """Section 3: configs/<config_name>.py trained and evaluated end to end."""
   from cl_jax import trainer  # pylint: disable=g-import-not-at-top
@@ -234,6 +267,7 @@ def main():
   sections = {"kernels": lambda: check_kernels(train), "precision": check_precision,
               "throughput": lambda: check_throughput(args.quick),
               "steps_per_call": lambda: check_steps_per_call(args.out),
+              "drift": lambda: check_drift(train),
               "run": lambda: check_default_run(args.out, args.config)}
   for name in args.sections.split(","):
     print(f"== {name}", flush=True)
