@@ -36,7 +36,7 @@ def test_offline_first_run_fails_fast_naming_the_import(tmp_path, closed_local_p
   assert elapsed < 120, elapsed  # start-up (TF, JAX imports) plus a probe of ~0 s here
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~1.5 min: a subprocess run with evaluation
 def test_first_run_from_another_directory_trains_and_evaluates(mnist_data_dir, tmp_path):
   """configs/mnist.py (which builds on mnist_seed.py) loads by absolute path from elsewhere;
   the run lands in ./runs/mnist and evaluates with the defaults."""

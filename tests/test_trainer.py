@@ -89,7 +89,7 @@ def test_stopped_with_max_steps_then_resumed_equals_uninterrupted_under_cosine(m
   assert resumed["params_sha256"] == straight["params_sha256"]  # bit for bit
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~1 min
 def test_forced_resume_keeps_the_checkpoints_schedule(mnist_data_dir, tmp_path):
   """Under resume=force a changed num_epochs does not stretch a schedule already under way:
   the run continues the saved 32-step schedule."""
