@@ -138,7 +138,10 @@ class Checkpointer:
     Returns (step, tree), or (None, None) when there are no checkpoints.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
-    multihost.assert_same(steps, "every process must see the same checkpoint steps")
+    try:
+      multihost.assert_same(steps, "every process must see the same checkpoint steps")
+    except AssertionError as e:
+      raise CheckpointError(str(e)) from e
     corrupt = []
     for step in steps:
       verdict, tree, detail = self._try_restore(step, target, attempts, retry_seconds)
@@ -175,7 +178,7 @@ class Checkpointer:
         break  # reading again cannot help
       if attempt + 1 < attempts:
         time.sleep(retry_seconds * 2**attempt)
-    detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
     return (multihost.CORRUPT if is_corruption(error) else multihost.ERROR), None, detail
 
   def _restore_present(self, step, target):
@@ -192,6 +195,10 @@ class Checkpointer:
           json.load(f)
         raise OSError(f"Orbax could not read the metadata in {path}")
       saved_keys = set(saved.keys())
+      missing = set(target) - saved_keys - set(_OPTIONAL_KEYS)
+      if missing:  # another method's state (resume=force): say so without retrying
+        raise ValueError(f"tree structures do not match: the checkpoint has no "
+                         f"{', '.join(sorted(missing))}")
       target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
       return reader.restore(path, target)
     finally:
@@ -203,8 +210,12 @@ class Checkpointer:
     self.manager.close()
     if multihost.is_main_process():
       for step in steps:
-        os.replace(os.path.join(self.directory, str(step)),
-                   os.path.join(self.directory, f"corrupt-{step}"))
+        aside = os.path.join(self.directory, f"corrupt-{step}")
+        suffix = 1
+        while os.path.exists(aside):  # set aside once before: keep both
+          aside = os.path.join(self.directory, f"corrupt-{step}-{suffix}")
+          suffix += 1
+        os.replace(os.path.join(self.directory, str(step)), aside)
     multihost.barrier("corrupt_checkpoints_set_aside")
     self.manager = self._open()
 

@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+
 from cl_jax import default_config
 from cl_jax import evaluator
 from cl_jax import multihost

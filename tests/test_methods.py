@@ -333,7 +333,8 @@ def encoder_knn(config, params, train, test):
 @pytest.mark.parametrize("method", [
     "simclr", "moco", "supcon", "triplet", "margin",
     pytest.param("byol", marks=pytest.mark.xfail(
-        strict=True, reason="BYOL without batch norm collapses (docs/methods.md; open issue)"))])
+        strict=True, raises=AssertionError,
+        reason="BYOL without batch norm collapses (docs/methods.md; open issue)"))])
 def test_short_run_beats_its_random_initialisation(mnist_data_dir, tmp_path, method):
   """A method that learns makes the encoder's k-NN better than the same encoder at random
   initialisation (on MNIST a random CNN is already ~91%): 128 steps of batch 64, 4,000

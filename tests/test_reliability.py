@@ -71,7 +71,9 @@ def test_corrupt_latest_checkpoint_falls_back(mnist_data_dir, tmp_path, uninterr
 def small_checkpoints(workdir, steps=(1, 2)):
   """A Checkpointer holding tiny trees at `steps`; returns (checkpointer, tree)."""
   checkpointer = checkpointing.Checkpointer(workdir)
-  tree = {"step": np.asarray(0), "params": {"w": np.arange(6.0)}, "schedule_steps": np.asarray(9)}
+  # 20,000 floats: the data file is the largest, so fault_injection truncates data, not metadata.
+  tree = {"step": np.asarray(0), "params": {"w": np.arange(20000.0)},
+          "schedule_steps": np.asarray(9)}
   for step in steps:
     checkpointer.save(step, {**tree, "step": np.asarray(step)})
   checkpointer.wait()
@@ -109,7 +111,7 @@ def test_persistent_io_error_fails_loudly_and_keeps_the_checkpoint(tmp_path, mon
 def test_structure_mismatch_fails_loudly_and_keeps_the_checkpoint(tmp_path):
   """resume=force into another method or model: a different tree, not a corrupt one."""
   checkpointer, tree = small_checkpoints(str(tmp_path))
-  other = {**tree, "params": {"w": np.arange(6.0), "b": np.zeros(2)}}
+  other = {**tree, "params": {"w": np.arange(20000.0), "b": np.zeros(2)}}
   with pytest.raises(checkpointing.CheckpointError, match="step 2"):
     checkpointer.restore_latest(other, retry_seconds=0.01)
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
@@ -131,6 +133,16 @@ def test_real_corruption_is_set_aside_and_the_previous_step_used(tmp_path, damag
   step, restored = checkpointer.restore_latest(tree, retry_seconds=0.01)
   assert step == 1 and int(restored["step"]) == 1
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "corrupt-2"]
+
+
+def test_another_methods_state_fails_at_once_naming_what_is_missing(tmp_path):
+  """resume=force from SimCLR into MoCo: the target has a queue the checkpoint lacks."""
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+  start = time.monotonic()
+  with pytest.raises(checkpointing.CheckpointError, match="has no queue"):
+    checkpointer.restore_latest({**tree, "queue": np.zeros((4, 2))}, retry_seconds=5)
+  assert time.monotonic() - start < 5  # no retries: reading again cannot help
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
 
 
 def test_checkpoint_without_schedule_steps_still_restores(tmp_path):

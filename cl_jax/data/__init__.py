@@ -114,7 +114,8 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
           f"--config.data_download=False. {fix}")
     host = download_host()
     behind_proxy = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy"))
-    if not behind_proxy and not host_reachable(host):  # a proxy may reach what we cannot
+    probe = not behind_proxy or DOWNLOAD_PROBE_ENV in os.environ  # a proxy may reach it
+    if probe and not host_reachable(host):
       raise DatasetNotPreparedError(
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and cannot be "
           f"downloaded: {host[0]}:{host[1]} does not answer (offline?). {fix}")
