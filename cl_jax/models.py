@@ -68,8 +68,8 @@ def _taps(x):
   return [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]
 
 
-def _xla_conv3x3(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+def _xla_conv3x3(x, kernel, precision=None):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision=precision,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -153,8 +153,7 @@ class Conv3x3(nn.Module):
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
     if self.kernels == "cpu":
       return conv3x3(x, kernel) + bias
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision=self.precision,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    return _xla_conv3x3(x, kernel, self.precision) + bias
 
 
 class CNNEncoder(nn.Module):
