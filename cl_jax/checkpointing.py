@@ -16,20 +16,20 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-# ContrastiveState fields that only some methods use (None otherwise: not saved).
-_METHOD_FIELDS = ("momentum_params", "queue", "queue_next")
-
-
 def state_to_tree(state, rng, schedule_steps):
   """The host pytree that is checkpointed: step, params, optimizer state, base key, the
-  length of the learning-rate (and momentum) schedule, and the method's momentum network
-  and queue where it has them."""
+  length of the learning-rate (and momentum) schedule, BatchNorm's running averages where
+  the model has BN, and the method's own state (its keys at the top level, as written
+  before methods had a state of their own, so older checkpoints keep restoring)."""
   tree = {"step": np.asarray(state.step), "params": state.params,
           "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng)),
           "schedule_steps": np.asarray(schedule_steps, np.int64)}
-  for field in _METHOD_FIELDS:
-    if getattr(state, field, None) is not None:
-      tree[field] = getattr(state, field)
+  if state.batch_stats is not None:
+    tree["batch_stats"] = state.batch_stats
+  for key, value in (state.method_state or {}).items():
+    if key in tree:
+      raise ValueError(f"method state key {key!r} collides with a checkpoint key")
+    tree[key] = value
   return tree
 
 
@@ -39,8 +39,11 @@ def tree_to_state(tree, state_template):
   Checkpoints written before the schedule's length was saved give None.
   """
   state = state_template.replace(step=tree["step"], params=tree["params"],
-                                 opt_state=tree["opt_state"],
-                                 **{f: tree[f] for f in _METHOD_FIELDS if f in tree})
+                                 opt_state=tree["opt_state"])
+  if state_template.batch_stats is not None:
+    state = state.replace(batch_stats=tree["batch_stats"])
+  if state_template.method_state is not None:
+    state = state.replace(method_state={k: tree[k] for k in state_template.method_state})
   schedule_steps = int(tree["schedule_steps"]) if "schedule_steps" in tree else None
   return state, jax.random.wrap_key_data(tree["rng"]), schedule_steps
 
@@ -75,13 +78,19 @@ def _flatten(tree, prefix=""):
   return flat
 
 
-def config_differences(saved_config_json, config):
-  """Fields (other than RESUMABLE_CHANGES) whose values differ: {field: (saved, now)}."""
+def config_differences(saved_config_json, config, defaults=None):
+  """Fields (other than RESUMABLE_CHANGES) whose values differ: {field: (saved, now)}.
+
+  A field the saved config lacks (added to the code since) is no difference when its
+  value now is its default in `defaults` (a config): the run it wrote had that behaviour.
+  """
   saved = _flatten(json.loads(saved_config_json))
   now = _flatten(json.loads(config.to_json()))
+  default = _flatten(json.loads(defaults.to_json())) if defaults is not None else {}
   return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
           if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_CHANGES
-          and saved.get(k) != now.get(k)}
+          and saved.get(k) != now.get(k)
+          and not (k not in saved and k in default and default[k] == now.get(k))}
 
 
 # TensorStore status codes that mean the stored bytes are missing or damaged (a torn write),
@@ -232,9 +241,9 @@ class Checkpointer:
     """Restores the checkpoint at `step` into the structure of host pytree `target`."""
     return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
-  def restore_params(self, step):
-    """Only the parameters of the checkpoint at `step`, without knowing the rest's structure."""
-    return self.manager.restore(step, args=ocp.args.StandardRestore())["params"]
+  def restore_tree(self, step):
+    """The checkpoint at `step` as saved, without knowing its structure beforehand."""
+    return self.manager.restore(step, args=ocp.args.StandardRestore())
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -5,6 +5,7 @@ what is allowed; the entry points print it and exit with status 2.
 """
 
 import os
+import tempfile
 
 from cl_jax import evaluation
 from cl_jax import methods
@@ -13,7 +14,8 @@ from cl_jax import parallel
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-NORMS = ("none", "layer")
+NORMS = ("none", "layer", "batch")
+HEAD_NORMS = ("none", "batch")
 DTYPES = ("float32", "bfloat16")
 RESUME_MODES = ("auto", "force")
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -71,6 +73,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   _check_choice(config, "optimizer", OPTIMIZERS)
   _check_choice(config, "lr_schedule", LR_SCHEDULES)
   _check_choice(config, "model.norm", NORMS)
+  _check_choice(config, "model.head_norm", HEAD_NORMS)
+  _check_choice(config, "model.predictor_norm", HEAD_NORMS)
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "resume", RESUME_MODES)
   _check_choice(config, "model.kernels", models.KERNELS)
@@ -100,15 +104,7 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
                 "eval_batch_size", "monitor_bank_size", "monitor_query_size"):
     if config[field] <= 0:
       _fail(field, config[field], "must be a positive integer")
-  if config.method == "moco" and config.queue_size <= 0:
-    _fail("queue_size", config.queue_size, "must be a positive integer")
-  if config.method in methods.MOMENTUM_METHODS and not 0 <= config.momentum < 1:
-    _fail("momentum", config.momentum, "must be in [0, 1)")
-  if config.method in ("triplet", "margin") and not config.margin > 0:
-    _fail("margin", config.margin, "must be > 0")
-  if config.method == "byol" and config.model.projection_dim <= 0:
-    _fail("model.projection_dim", config.model.projection_dim,
-          "byol needs a projection head (> 0) for its predictor")
+  methods.get(config.method).check_config(config, _fail)
   _check_augment(config.augment)
   _check_model(config.model)
   fit_sizes = {"the seed protocol's fit set": evaluation.SEED_PROTOCOL_FIT}
@@ -142,7 +138,8 @@ def _check_augment(augment):
 
 def _check_model(model):
   widths = {"model.conv_features": tuple(model.conv_features),
-            "model.projection_hidden": tuple(model.projection_hidden)}
+            "model.projection_hidden": tuple(model.projection_hidden),
+            "model.predictor_hidden": tuple(model.predictor_hidden)}
   for field, values in widths.items():
     if not all(isinstance(v, int) and v > 0 for v in values):
       _fail(field, values, "every width must be a positive integer")
@@ -153,15 +150,19 @@ def _check_model(model):
       _fail(f"model.{field}", model[field], "must be a positive integer")
   if not isinstance(model.projection_dim, int) or model.projection_dim < 0:
     _fail("model.projection_dim", model.projection_dim, "must be 0 (no head) or positive")
+  if not 0 <= model.bn_momentum < 1:
+    _fail("model.bn_momentum", model.bn_momentum, "must be in [0, 1)")
 
 
 def check_workdir(workdir):
-  """The workdir must be creatable and writable."""
+  """The workdir must be creatable and writable.
+
+  Every process of a run checks the same workdir at once, so each writes its
+  own uniquely named probe (a shared name lets one process delete another's).
+  """
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+      pass
   except OSError as e:
     raise ConfigError(f"--workdir={workdir!r}: cannot be written ({e.strerror})") from e

@@ -33,9 +33,15 @@ def get_config():
   config.model.conv_features = (16, 32)  # Channels of each conv block (each block ends in a 2x2 max pool).
   config.model.convs_per_block = 1  # 3x3 convolutions per block.
   config.model.dense_features = 128  # Size of the embedding (dense + ReLU after the convs).
-  config.model.norm = "none"  # Normalisation after each conv: "none" or "layer".
+  config.model.norm = "none"  # Normalisation after each conv: "none", "layer" or "batch".
   config.model.projection_hidden = (128,)  # Hidden sizes of the projection head MLP.
   config.model.projection_dim = 64  # Output size of the projection head; 0 = no head (loss on the embedding).
+  config.model.head_norm = "none"  # Normalisation after each hidden layer of the head: "none" or "batch".
+  config.model.predictor_hidden = (128,)  # Hidden sizes of the predictor MLP (methods with one: byol).
+  config.model.predictor_norm = "none"  # Normalisation after each hidden layer of the predictor: "none" or "batch".
+  # BatchNorm ("batch" above): statistics over the global batch (both views, every device and
+  # process) in training; running averages, kept in checkpoints, in evaluation.
+  config.model.bn_momentum = 0.9  # Decay of BatchNorm's running averages per step.
   config.model.kernels = "auto"  # Conv/pool code: "auto" (custom CPU kernels on CPU, XLA's elsewhere), "xla" or "cpu".
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and loss stay float32.
   # Precision of the convs' and dense layers' matmuls: "default" = the backend's (float32 on
@@ -47,6 +53,7 @@ def get_config():
   # Loss and optimisation.
   config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
   config.margin = 0.5  # Margin of triplet and margin, in distances between unit vectors (0 to 2).
+  config.triplet_mining = "batch_hard"  # triplet's negatives: "batch_hard", "semi_hard" or "soft_margin" (no margin).
   config.momentum = 0.99  # EMA rate of moco's key network; byol's starting rate (cosine to 1).
   config.queue_size = 4096  # moco: keys in the queue of negatives (a ring buffer; any positive size).
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.

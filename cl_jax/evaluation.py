@@ -17,20 +17,22 @@ SEED_PROTOCOL_FIT = 8000
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(model, params, images):
-  return model.apply({"params": params}, images.astype(jnp.float32) / 255.0)
+def _forward(model, variables, images):
+  return model.apply(variables, images.astype(jnp.float32) / 255.0)
 
 
-def embed(model, params, images, batch_size=1000, devices=None, progress=False):
+def embed(model, variables, images, batch_size=1000, devices=None, progress=False):
   """Runs the jitted model over `images` (uint8 [N, H, W, C]) in batches on all devices.
 
-  The NumPy bridge: returns host float32 (features, projections), each [N, dim].
+  `variables`: the Flax variables ({"params"} and, with BatchNorm, {"batch_stats"}: its
+  running averages are used). The NumPy bridge: returns host float32 (features,
+  projections), each [N, dim].
   """
   devices = list(devices or jax.local_devices())
   batch_size = -(-batch_size // len(devices)) * len(devices)  # divisible by device count
   mesh = Mesh(np.array(devices), ("batch",))
   split = NamedSharding(mesh, P("batch"))
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
   features, projections = [], []
   for start in tqdm(range(0, len(images), batch_size), desc="embedding", disable=not progress,
                     leave=False):
@@ -39,7 +41,7 @@ def embed(model, params, images, batch_size=1000, devices=None, progress=False):
     if count < batch_size:  # pad so every batch has one shape: one compilation
       batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:],
                                               batch.dtype)])
-    f, p = jax.device_get(_forward(model, params, jax.device_put(batch, split)))
+    f, p = jax.device_get(_forward(model, variables, jax.device_put(batch, split)))
     features.append(f[:count])
     projections.append(p[:count])
   return np.concatenate(features), np.concatenate(projections)

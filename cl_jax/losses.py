@@ -97,6 +97,15 @@ def _unit_distances(similarities):
   return jnp.sqrt(jnp.maximum(2.0 - 2.0 * similarities, 1e-12))
 
 
+def _hardest_positive_and_negative(z1, z2, labels, axis_name):
+  similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, is_self, axis_name)
+  distances = _unit_distances(similarities)
+  hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
+  hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
+  return hardest_positive, hardest_negative
+
+
 def batch_hard_triplet(z1, z2, labels, margin, axis_name=None):
   """Batch-hard triplet loss (Hermans et al. 2017) on L2-normalised embeddings.
 
@@ -105,12 +114,43 @@ def batch_hard_triplet(z1, z2, labels, margin, axis_name=None):
   hardest negative), loss_i = max(0, d_ap - d_an + margin), averaged over anchors.
   Distances are Euclidean between unit vectors (0 to 2).
   """
+  hardest_positive, hardest_negative = _hardest_positive_and_negative(z1, z2, labels, axis_name)
+  return jnp.mean(jax.nn.relu(hardest_positive - hardest_negative + margin))
+
+
+def soft_margin_triplet(z1, z2, labels, axis_name=None):
+  """Batch-hard triplet with Hermans et al.'s soft margin: loss_i = log(1 + exp(d_ap - d_an)),
+  hardest positive and negative as in `batch_hard_triplet`, averaged over anchors. It keeps
+  pulling (no margin at which the gradient stops)."""
+  hardest_positive, hardest_negative = _hardest_positive_and_negative(z1, z2, labels, axis_name)
+  return jnp.mean(jax.nn.softplus(hardest_positive - hardest_negative))
+
+
+def semi_hard_triplet(z1, z2, labels, margin, axis_name=None):
+  """FaceNet's semi-hard triplet loss (Schroff et al. 2015) on L2-normalised embeddings.
+
+  For each local anchor a and each positive p (another view with a's label) over
+  the global batch's 2N views: the negative is the nearest one farther than p
+  (d_an > d_ap); if there is none, the farthest negative (as TensorFlow Addons'
+  `triplet_semihard_loss`). loss_ap = max(0, d_ap - d_an + margin), averaged over
+  each anchor's positives, then over anchors (so devices with equal shards average
+  to the global loss). Avoiding the hardest negatives avoids the collapse
+  that batch-hard mining falls into early in training.
+  """
   similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
   positive, negative = _label_masks(labels, is_self, axis_name)
   distances = _unit_distances(similarities)
-  hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
-  hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
-  return jnp.mean(jax.nn.relu(hardest_positive - hardest_negative + margin))
+  # Each anchor's negative distances in increasing order (non-negatives last, as +inf).
+  sorted_negatives = jnp.sort(jnp.where(negative, distances, jnp.inf), axis=1)
+  farthest = jnp.max(jnp.where(negative, distances, -jnp.inf), axis=1)
+  # For each (anchor, candidate positive): the first negative strictly farther than it.
+  first_farther = jax.vmap(lambda row, d: jnp.searchsorted(row, d, side="right"))(
+      sorted_negatives, distances)
+  nearest_farther = jnp.take_along_axis(
+      sorted_negatives, jnp.minimum(first_farther, sorted_negatives.shape[1] - 1), axis=1)
+  chosen = jnp.where(jnp.isfinite(nearest_farther), nearest_farther, farthest[:, None])
+  per_pair = jax.nn.relu(distances - chosen + margin)
+  return jnp.mean(jnp.sum(jnp.where(positive, per_pair, 0.0), axis=1) / jnp.sum(positive, axis=1))
 
 
 def margin_contrastive(z1, z2, labels, margin, axis_name=None):

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cl_jax import methods
+
 # Below this many input channels a 3x3 conv runs as shifted / im2col matmuls.
 _IM2COL_MAX_CHANNELS = 8
 
@@ -156,6 +158,15 @@ class Conv3x3(nn.Module):
     return _xla_conv3x3(x, kernel, self.precision) + bias
 
 
+def batch_norm(dtype, axis_name, train, momentum):
+  """BatchNorm whose training-mode statistics are over the global batch: every device of
+  the mapped axis `axis_name` (None: this call's batch only). Statistics and running
+  averages are float32 whatever `dtype`; running averages decay by `momentum` a step."""
+  return nn.BatchNorm(use_running_average=not train, axis_name=axis_name if train else None,
+                      momentum=momentum, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
+                      force_float32_reductions=True)
+
+
 class CNNEncoder(nn.Module):
   """Conv(3x3) -> [norm] -> ReLU -> maxpool blocks, then one dense layer + ReLU.
 
@@ -164,13 +175,14 @@ class CNNEncoder(nn.Module):
   conv_features: Sequence[int] = (16, 32)
   convs_per_block: int = 1
   dense_features: int = 128
-  norm: str = "none"  # "none" or "layer" (LayerNorm over H, W, C per example).
+  norm: str = "none"  # "none", "layer" (LayerNorm over H, W, C per example) or "batch"
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   kernels: str = "cpu"  # "cpu" or "xla" (resolve_kernels)
   precision: Any = None  # of the "xla" convs and of the dense layer; None = the backend's
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False, axis_name=None):
     x = x.astype(self.dtype)
     pool = max_pool_2x2 if self.kernels == "cpu" else (
         lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
@@ -179,6 +191,8 @@ class CNNEncoder(nn.Module):
         x = Conv3x3(features, dtype=self.dtype, kernels=self.kernels, precision=self.precision)(x)
         if self.norm == "layer":
           x = nn.LayerNorm(reduction_axes=(-3, -2, -1), dtype=self.dtype)(x)
+        elif self.norm == "batch":
+          x = batch_norm(self.dtype, axis_name, train, self.bn_momentum)(x)
         x = nn.relu(x)
       x = pool(x)
     x = x.reshape(x.shape[0], -1)
@@ -186,16 +200,22 @@ class CNNEncoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-  """MLP between encoder and loss: Dense+ReLU per hidden size, then a linear output."""
+  """MLP between encoder and loss: Dense -> [BatchNorm] -> ReLU per hidden size, then a
+  linear output (SimCLR's and BYOL's heads with `norm="batch"`)."""
   hidden_features: Sequence[int] = (128,)
   out_features: int = 64
+  norm: str = "none"  # "none" or "batch" (after each hidden Dense)
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False, axis_name=None):
     for features in self.hidden_features:
-      x = nn.relu(nn.Dense(features, dtype=self.dtype, precision=self.precision)(x))
+      x = nn.Dense(features, dtype=self.dtype, precision=self.precision)(x)
+      if self.norm == "batch":
+        x = batch_norm(self.dtype, axis_name, train, self.bn_momentum)(x)
+      x = nn.relu(x)
     return nn.Dense(self.out_features, dtype=self.dtype, precision=self.precision)(x)
 
 
@@ -206,35 +226,40 @@ class ContrastiveModel(nn.Module):
   `predict=True`. Features (encoder output) are what evaluation uses;
   projections (or predictions) feed the loss. Without a head, projections are
   the features. Outputs are float32 whatever the compute dtype, so the loss is
-  always computed in float32.
+  always computed in float32. `train=True` normalises with the batch's
+  statistics (over the devices of `axis_name`) and updates the running
+  averages (`mutable=["batch_stats"]`); else the running averages are used.
   """
   encoder: nn.Module
   head: nn.Module | None = None
   predictor: nn.Module | None = None
 
-  def __call__(self, x, predict=False):
-    features = self.encoder(x)
-    projections = features if self.head is None else self.head(features)
+  def __call__(self, x, predict=False, train=False, axis_name=None):
+    features = self.encoder(x, train, axis_name)
+    projections = features if self.head is None else self.head(features, train, axis_name)
     if predict:
-      projections = self.predictor(projections)
+      projections = self.predictor(projections, train, axis_name)
     return features.astype(jnp.float32), projections.astype(jnp.float32)
 
 
 def create_model(config, backend=None):
-  """Builds `config.model` (plus BYOL's predictor) with compute dtype `config.dtype`, the
-  kernels `config.model.kernels` resolves to on `backend` (None: JAX's default backend) and
-  the matmul precision `config.matmul_precision`."""
+  """Builds `config.model` (plus a predictor for methods that use one) with compute dtype
+  `config.dtype`, the kernels `config.model.kernels` resolves to on `backend` (None: JAX's
+  default backend) and the matmul precision `config.matmul_precision`."""
   dtype = jnp.dtype(config.dtype)
   m = config.model
   precision = precision_of(config.matmul_precision)
   encoder = CNNEncoder(conv_features=tuple(m.conv_features), convs_per_block=m.convs_per_block,
-                       dense_features=m.dense_features, norm=m.norm, dtype=dtype,
-                       kernels=resolve_kernels(m.kernels, backend), precision=precision)
+                       dense_features=m.dense_features, norm=m.norm, bn_momentum=m.bn_momentum,
+                       dtype=dtype, kernels=resolve_kernels(m.kernels, backend),
+                       precision=precision)
   head = predictor = None
   if m.projection_dim > 0:
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,
-                          dtype=dtype, precision=precision)
-  if config.method == "byol":  # same shape as the head: projection_dim -> projection_dim
-    predictor = ProjectionHead(hidden_features=tuple(m.projection_hidden),
-                               out_features=m.projection_dim, dtype=dtype, precision=precision)
+                          norm=m.head_norm, bn_momentum=m.bn_momentum, dtype=dtype,
+                          precision=precision)
+  if methods.get(config.method).uses_predictor:  # projection_dim -> projection_dim
+    predictor = ProjectionHead(hidden_features=tuple(m.predictor_hidden),
+                               out_features=m.projection_dim, norm=m.predictor_norm,
+                               bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
   return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)

@@ -31,21 +31,34 @@ def create_optimizer(config, steps_per_epoch, schedule_steps):
 
 
 class ContrastiveState(train_state.TrainState):
-  """TrainState plus what some methods carry between steps (None where unused)."""
-  momentum_params: Any = None  # MoCo's key network / BYOL's target: an EMA of `params`.
-  queue: Any = None  # MoCo: [queue_size, d] unit keys; the oldest are overwritten first.
-  queue_next: Any = None  # MoCo: the queue row the next keys go to.
+  """TrainState plus BatchNorm's running averages and the method's own state."""
+  batch_stats: Any = None  # BatchNorm running averages (None: the model has no BatchNorm).
+  method_state: Any = None  # A dict owned by `config.method` (None: the method keeps none).
 
 
 def create_train_state(model, tx, key, image_shape, config=None):
-  """Initialises parameters (float32), optimizer state and `config.method`'s extra state.
+  """Initialises parameters and BN averages (float32), optimizer state and
+  `config.method`'s own state. `config=None` gives SimCLR's state (no method state)."""
+  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                         predict=model.predictor is not None)
+  params, batch_stats = variables["params"], variables.get("batch_stats")
+  method_state = None
+  if config is not None:
+    method_state = methods.get(config.method).initial_state(
+        config, params, batch_stats, jax.random.fold_in(key, 1))
+  return ContrastiveState.create(apply_fn=model.apply, params=params, tx=tx,
+                                 batch_stats=batch_stats, method_state=method_state)
 
-  `config=None` gives SimCLR's state (no extras).
-  """
-  params = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                      predict=model.predictor is not None)["params"]
-  extras = methods.initial_state(config, params, jax.random.fold_in(key, 1)) if config else {}
-  return ContrastiveState.create(apply_fn=model.apply, params=params, tx=tx, **extras)
+
+def eval_variables(state_or_tree):
+  """The Flax variables that evaluation applies the model with: the parameters and, where the
+  model has BatchNorm, its running averages. Takes a state or a checkpoint's tree."""
+  get = state_or_tree.get if isinstance(state_or_tree, dict) else (
+      lambda name: getattr(state_or_tree, name))
+  variables = {"params": get("params")}
+  if get("batch_stats") is not None:
+    variables["batch_stats"] = get("batch_stats")
+  return variables
 
 
 def example_keys(rng, indices):
@@ -69,15 +82,18 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
   """
   keys = example_keys(rng, batch["index"])
   view1, view2 = augment.two_views(batch["image"], keys, config.augment)
-  loss_fn = functools.partial(methods.loss, state=state, view1=view1, view2=view2, batch=batch,
+  method = methods.get(config.method)
+  loss_fn = functools.partial(method.loss, state=state, view1=view1, view2=view2, batch=batch,
                               config=config, axis_name=axis_name)
-  (loss, new_keys), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     # Equal shards: the mean of per-device means is the global mean.
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   step = state.step
   state = state.apply_gradients(grads=grads)
-  state = methods.update_state(state, step, new_keys, config, schedule_steps, axis_name)
+  if aux["batch_stats"] is not None:  # global-batch statistics: the same on every device
+    state = state.replace(batch_stats=aux["batch_stats"])
+  state = method.after_step(state, step, aux, config, schedule_steps, axis_name)
   # param_norm lets the loop refuse to checkpoint parameters that overflowed.
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(state.params)}

@@ -47,7 +47,11 @@ def select_devices(config):
 
 
 class KnnMonitor:
-  """Online cosine k-NN on a held subset, computed on device with the current encoder."""
+  """Online cosine k-NN on a held subset, computed on device with the current encoder.
+
+  Also on the projections (the loss's space) and, once, on the raw pixels of the
+  same subsets: a run whose features sit below the pixels is not learning.
+  """
 
   def __init__(self, model, train, test, config, devices):
     bank = min(config.monitor_bank_size, len(train))
@@ -57,15 +61,24 @@ class KnnMonitor:
     self.query_images, self.query_labels = test.images[:queries], test.labels[:queries]
     self.num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     self._predict = jax.jit(evaluation.knn_predict_cosine, static_argnums=(3, 4))
+    pixels = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255.0
+    self.raw_pixels = self._accuracy(pixels(self.bank_images), pixels(self.query_images))
 
-  def accuracy(self, params):
-    embed = functools.partial(evaluation.embed, self.model, params,
-                              batch_size=self.config.eval_batch_size, devices=self.devices)
-    bank, _ = embed(self.bank_images)
-    queries, _ = embed(self.query_images)
+  def _accuracy(self, bank, queries):
     predictions = self._predict(bank, self.bank_labels, queries, self.config.knn_k,
                                 self.num_classes)
     return float(np.mean(np.asarray(predictions) == self.query_labels))
+
+  def accuracies(self, variables):
+    """{"knn_monitor": on the encoder's features, "knn_monitor_projection": on the
+    projections, "knn_monitor_raw_pixels": on the pixels} for Flax `variables`."""
+    embed = functools.partial(evaluation.embed, self.model, variables,
+                              batch_size=self.config.eval_batch_size, devices=self.devices)
+    bank_features, bank_projections = embed(self.bank_images)
+    query_features, query_projections = embed(self.query_images)
+    return {"knn_monitor": self._accuracy(bank_features, query_features),
+            "knn_monitor_projection": self._accuracy(bank_projections, query_projections),
+            "knn_monitor_raw_pixels": self.raw_pixels}
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -217,7 +230,8 @@ def check_resumable(workdir, config):
   if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
     return
   with open(path, encoding="utf-8") as f:
-    differences = checkpointing.config_differences(f.read(), config)
+    differences = checkpointing.config_differences(f.read(), config,
+                                                   default_config.get_config())
   if differences:
     listed = "; ".join(f"{k}: {saved!r} -> {now!r}" for k, (saved, now) in differences.items())
     raise checkpointing.CheckpointError(
@@ -332,9 +346,9 @@ def train_and_evaluate(config, workdir):
         progress.update(count)
         stop = stop_requested(call)
         if monitor and done % monitor_every == 0:
-          knn = monitor.accuracy(dp.get_state(state).params)
-          writer.write(done, {"epoch": done / steps_per_epoch, "knn_monitor": knn})
-          progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn:.4f}")
+          knn = monitor.accuracies(train_step_lib.eval_variables(dp.get_state(state)))
+          writer.write(done, {"epoch": done / steps_per_epoch, **knn})
+          progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn['knn_monitor']:.4f}")
         if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:
           check_finite(*previous)  # never checkpoint a broken state
           save(done)

@@ -123,10 +123,11 @@ def measure_overheads(repeats=3):
                                             jax.random.key(0), (28, 28, 1))
   monitor = trainer.KnnMonitor(model, fake(config.monitor_bank_size),
                                fake(config.monitor_query_size), config, jax.local_devices())
-  monitor.accuracy(state.params)  # compile
+  variables = train_step_lib.eval_variables(state)
+  monitor.accuracies(variables)  # compile
   start = time.perf_counter()
   for _ in range(repeats):
-    monitor.accuracy(state.params)
+    monitor.accuracies(variables)
   monitor_seconds = (time.perf_counter() - start) / repeats
   with tempfile.TemporaryDirectory() as workdir:
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=3)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_unknown_method_is_refused_without_validation():
   config = default_config.get_config()
   config.method = "barlow"
   with pytest.raises(ValueError, match="config.method='barlow'"):
-    methods.loss(None, None, None, None, None, config, None)
+    methods.get(config.method)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -98,6 +99,29 @@ def test_unwritable_workdir(tmp_path):
   blocker.write_text("x")
   with pytest.raises(config_validation.ConfigError, match="--workdir=.*cannot be written"):
     config_validation.check_workdir(str(blocker / "run"))
+
+
+def test_processes_check_one_workdir_at_once(tmp_path):
+  # Every process of a multi-host run checks the same workdir at start-up. A
+  # probe file shared between them lets one process delete it under another
+  # (seen in CI: "cannot be written (No such file or directory)"). Threads
+  # stand in for the processes; 8 x 300 checks collided every time on the old code.
+  errors = []
+
+  def check_many():
+    try:
+      for _ in range(300):
+        config_validation.check_workdir(str(tmp_path / "run"))
+    except config_validation.ConfigError as e:
+      errors.append(str(e))
+
+  threads = [threading.Thread(target=check_many) for _ in range(8)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert errors == []
+  assert os.listdir(tmp_path / "run") == []
 
 
 @pytest.mark.parametrize("args,message", [

@@ -105,7 +105,7 @@ def test_embed_on_devices_matches_direct_forward_pass():
   model = models.create_model(mnist_seed.get_config())
   params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
   images = (np.random.default_rng(0).random((37, 28, 28, 1)) * 255).astype(np.uint8)
-  features, projections = evaluation.embed(model, params, images, batch_size=16,
+  features, projections = evaluation.embed(model, {"params": params}, images, batch_size=16,
                                            devices=jax.devices()[:4])
   expected_f, expected_p = model.apply({"params": params}, images.astype(np.float32) / 255.0)
   assert features.shape == (37, 128) and isinstance(features, np.ndarray)

@@ -7,10 +7,14 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from cl_jax import data
+from cl_jax import default_config
 from cl_jax import evaluation
+from cl_jax import evaluator
 from cl_jax import models
 from cl_jax import trainer
 from configs import mnist_seed
@@ -80,11 +84,20 @@ def test_online_monitor_agrees_with_sklearn(mnist_data_dir):
   model = models.create_model(config)
   params = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"]
   monitor = trainer.KnnMonitor(model, train, test, config, jax.devices()[:2])
-  bank, _ = evaluation.embed(model, params, train.images)
-  queries, _ = evaluation.embed(model, params, test.images)
-  expected = evaluation.knn_accuracy(bank, train.labels, queries, test.labels, 5, "cosine")
-  # Identical predictions expected; one flip of 500 allowed for float32 near-ties.
-  assert monitor.accuracy(params) == pytest.approx(expected, abs=1 / 500 + 1e-12)
+  features, projections = {}, {}
+  for name, split in (("bank", train), ("queries", test)):
+    features[name], projections[name] = evaluation.embed(model, {"params": params}, split.images)
+  pixels = lambda split: split.images.reshape(len(split), -1).astype(np.float32)
+  expected = {
+      "knn_monitor": (features["bank"], features["queries"]),
+      "knn_monitor_projection": (projections["bank"], projections["queries"]),
+      "knn_monitor_raw_pixels": (pixels(train), pixels(test))}
+  got = monitor.accuracies({"params": params})
+  assert set(got) == set(expected)
+  for key, (bank, queries) in expected.items():
+    accuracy = evaluation.knn_accuracy(bank, train.labels, queries, test.labels, 5, "cosine")
+    # Identical predictions expected; one flip of 500 allowed for float32 near-ties.
+    assert got[key] == pytest.approx(accuracy, abs=1 / 500 + 1e-12), key
 
 
 def test_evaluate_reads_a_config_saved_before_newer_fields_existed():
@@ -99,3 +112,107 @@ def test_evaluate_reads_a_config_saved_before_newer_fields_existed():
   assert config.model.kernels == "auto" and config.matmul_precision == "default"
   assert config.model.dense_features == 64 and config.temperature == 0.2
   models.create_model(config)  # raised AttributeError before
+
+
+@pytest.fixture
+def closed_figures(monkeypatch):
+  """The figures the evaluator's plots close, kept for inspection."""
+  figures, close = [], plt.close
+
+  def keep(fig):
+    figures.append(fig)
+    close(fig)
+  monkeypatch.setattr(evaluator.plt, "close", keep)
+  return figures
+
+
+def test_knn_plot_draws_both_monitors_and_the_raw_pixel_line(tmp_path, closed_figures):
+  entries = [{"step": 10, "epoch": 1.0, "loss": 3.0},
+             {"step": 20, "epoch": 2.0, "knn_monitor": 0.91, "knn_monitor_projection": 0.85,
+              "knn_monitor_raw_pixels": 0.95},
+             {"step": 40, "epoch": 4.0, "knn_monitor": 0.93, "knn_monitor_projection": 0.88,
+              "knn_monitor_raw_pixels": 0.95}]
+  evaluator.plot_series(entries, {"knn_monitor": "features", "knn_monitor_projection": "proj"},
+                        str(tmp_path / "knn.png"), "accuracy", "monitor",
+                        baseline=("knn_monitor_raw_pixels", "raw pixels"))
+  assert (tmp_path / "knn.png").stat().st_size > 0
+  lines = {line.get_label(): line for line in closed_figures[0].axes[0].lines}
+  assert sorted(lines) == ["features", "proj", "raw pixels"]
+  np.testing.assert_array_equal(lines["features"].get_xdata(), [2.0, 4.0])
+  np.testing.assert_array_equal(lines["features"].get_ydata(), [0.91, 0.93])
+  np.testing.assert_array_equal(lines["proj"].get_ydata(), [0.85, 0.88])
+  # A horizontal line across the axes at the pixels' accuracy.
+  np.testing.assert_array_equal(lines["raw pixels"].get_ydata(), [0.95, 0.95])
+  legend = [t.get_text() for t in closed_figures[0].axes[0].get_legend().get_texts()]
+  assert sorted(legend) == ["features", "proj", "raw pixels"]
+
+
+def test_series_plot_without_the_optional_keys_draws_one_line(tmp_path, closed_figures):
+  """A run logged before the projection and raw-pixel monitors: just its one curve."""
+  entries = [{"epoch": 1.0, "knn_monitor": 0.5}, {"epoch": 2.0, "knn_monitor": 0.7}]
+  evaluator.plot_series(entries, {"knn_monitor": "features", "knn_monitor_projection": "proj"},
+                        str(tmp_path / "knn.png"), "accuracy", "monitor",
+                        baseline=("knn_monitor_raw_pixels", "raw pixels"))
+  (line,) = closed_figures[0].axes[0].lines
+  np.testing.assert_array_equal(line.get_ydata(), [0.5, 0.7])
+  assert closed_figures[0].axes[0].get_legend() is None
+
+
+@pytest.mark.parametrize("names, expected", [(["zero", "one", "two"], ["zero", "one", "two"]),
+                                             (None, ["0", "1", "2"])])
+def test_tsne_legend_names_the_classes(tmp_path, closed_figures, names, expected):
+  labels = np.array([2, 0, 1, 2, 0])
+  evaluator.plot_tsne(np.arange(10.0).reshape(5, 2), labels, str(tmp_path / "t.png"), names)
+  legend = closed_figures[0].axes[0].get_legend().get_texts()
+  assert [t.get_text() for t in legend] == expected  # classes in label order
+
+
+def test_positive_pairs_are_the_images_under_an_identity_augmentation():
+  config = default_config.get_config()
+  config.augment.crop_scale, config.augment.crop_ratio = (1.0, 1.0), (1.0, 1.0)
+  config.augment.rotation_degrees = 0.0
+  images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+  # The full-image crop samples exactly on the pixels: the uint8 round trip is exact.
+  np.testing.assert_array_equal(evaluator.positive_pairs(images, config),
+                                np.concatenate([images, images]))
+
+
+def test_positive_pairs_are_two_different_views_and_the_same_every_time():
+  config = default_config.get_config()
+  images = np.random.default_rng(1).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+  pairs = evaluator.positive_pairs(images, config)
+  assert pairs.shape == (12, 28, 28, 1) and pairs.dtype == np.uint8
+  np.testing.assert_array_equal(pairs, evaluator.positive_pairs(images, config))
+  for first, second in zip(pairs[:6], pairs[6:]):
+    assert not np.array_equal(first, second)
+
+
+def test_representation_diagnostics_use_the_first_points_and_the_pairs(monkeypatch):
+  monkeypatch.setattr(evaluator, "DIAGNOSTIC_POINTS", 5)
+  rng = np.random.default_rng(2)
+  test_z = rng.normal(size=(40, 4))
+  test_z[:5] = test_z[0]  # the first 5 collapsed, the rest spread
+  a = rng.normal(size=(5, 4))
+  same = evaluator.representation_diagnostics(test_z, np.concatenate([a, a]), 0.9)
+  # Uniformity of the 5 equal rows only: exactly log mean exp(0) up to rounding.
+  assert same["uniformity"] == pytest.approx(0.0, abs=1e-12)
+  assert same["alignment"] == pytest.approx(0.0, abs=1e-12)  # each pair is one point
+  assert same["effective_rank"] > 1.5  # the whole split: 4 random directions
+  assert same["dimension"] == 4 and same["knn_train_test_cosine"] == 0.9
+  opposite = evaluator.representation_diagnostics(test_z, np.concatenate([a, -a]), 0.9)
+  assert opposite["alignment"] == pytest.approx(4.0, rel=1e-12)  # antipodes: (2)^2
+
+
+def test_report_table_shows_the_diagnostics():
+  found = {"features": {"dimension": 128, "effective_rank": 37.26, "uniformity": -3.1234,
+                        "alignment": 0.4567, "knn_train_test_cosine": 0.98765},
+           "projections": {"dimension": 64, "effective_rank": 1.04, "uniformity": -0.0012,
+                           "alignment": 0.0001, "knn_train_test_cosine": 0.5}}
+  table = evaluator.diagnostics_table(found).splitlines()
+  assert "| effective rank (of the dimension) | 37.3 of 128 | 1.0 of 64 |" in table
+  assert any(line.startswith("| uniformity") and line.endswith("| -3.123 | -0.001 |")
+             for line in table)
+  assert any(line.startswith("| alignment") and line.endswith("| 0.457 | 0.000 |")
+             for line in table)
+  assert "| k-NN train -> test, cosine | 98.77% | 50.00% |" in table
+  assert any("collapse shows as effective rank near 1" in line for line in table)

@@ -16,6 +16,7 @@ from cl_jax import data
 from cl_jax import evaluation
 from cl_jax import losses
 from cl_jax import methods
+from cl_jax.methods import moco
 from cl_jax import models
 from cl_jax import parallel
 from cl_jax import trainer
@@ -152,9 +153,9 @@ def test_byol_momentum_follows_the_cosine_schedule():
   config = mnist_seed.get_config()
   config.method, config.momentum = "byol", 0.99
   for step, expected in ((0, 0.99), (50, 0.995), (100, 1.0), (25, 1 - 0.01 * (1 + 0.5**0.5) / 2)):
-    np.testing.assert_allclose(methods.momentum(config, step, 100), expected, rtol=1e-6)
-  config.method = "moco"
-  assert methods.momentum(config, 70, 100) == 0.99
+    np.testing.assert_allclose(methods.get("byol").momentum_rate(config, step, 100), expected,
+                               rtol=1e-6)
+  assert methods.get("moco").momentum_rate(config, 70, 100) == 0.99
 
 
 def linear_loss(name, w, batch, axis_name=None):
@@ -230,11 +231,14 @@ def test_moco_queue_and_key_network_span_devices(moco_one_device):
   one, four = states_one[-1], states_four[-1]
   # float32 sums in another order, through 3 SGD steps: 1e-5 relative / 1e-6 absolute.
   np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
-  for name in ("params", "momentum_params", "queue"):
-    for got, expected in zip(jax.tree.leaves(getattr(four, name)),
-                             jax.tree.leaves(getattr(one, name))):
+  for name, got_tree, expected_tree in (
+      ("params", four.params, one.params),
+      ("momentum_params", four.method_state["momentum_params"], one.method_state["momentum_params"]),
+      ("queue", four.method_state["queue"], one.method_state["queue"])):
+    for got, expected in zip(jax.tree.leaves(got_tree), jax.tree.leaves(expected_tree)):
       np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=name)
-  assert int(four.queue_next) == int(one.queue_next) == (3 * 64) % 96
+  assert (int(four.method_state["queue_next"]) == int(one.method_state["queue_next"])
+          == (3 * 64) % 96)
 
 
 def test_moco_first_step_enqueues_the_key_networks_views_and_moves_the_ema(moco_one_device):
@@ -243,7 +247,8 @@ def test_moco_first_step_enqueues_the_key_networks_views_and_moves_the_ema(moco_
   initial = train_step_lib.create_train_state(
       model, train_step_lib.create_optimizer(config, 10, 10), jax.random.key(0), (28, 28, 1),
       config)
-  state = moco_one_device[0][0]
+  initial_params = initial.params
+  state, initial = moco_one_device[0][0].method_state, initial.method_state
   # Recompute step 0's views from its keys (as run_steps draws them).
   images = (np.random.default_rng(6).random((32, 28, 28, 1)) * 255).astype(np.uint8)
 
@@ -253,14 +258,16 @@ def test_moco_first_step_enqueues_the_key_networks_views_and_moves_the_ema(moco_
                                        jnp.arange(32, dtype=jnp.int32))
     view1, view2 = augment.two_views(images, keys, config.augment)
     return [model.apply({"params": params}, view)[1] for view in (view1, view2)]
-  k1, k2 = key_network_outputs(initial.params, images)  # the key network starts as params
-  np.testing.assert_allclose(state.queue[:32], unit_rows(np.asarray(k1, np.float64)), atol=1e-5)
-  np.testing.assert_allclose(state.queue[32:64], unit_rows(np.asarray(k2, np.float64)),
+  k1, k2 = key_network_outputs(initial_params, images)  # the key network starts as params
+  np.testing.assert_allclose(state["queue"][:32], unit_rows(np.asarray(k1, np.float64)),
                              atol=1e-5)
-  np.testing.assert_array_equal(state.queue[64:], np.asarray(initial.queue)[64:])  # untouched
-  assert int(state.queue_next) == 64
-  for new, ema, old in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.momentum_params),
-                           jax.tree.leaves(initial.params)):
+  np.testing.assert_allclose(state["queue"][32:64], unit_rows(np.asarray(k2, np.float64)),
+                             atol=1e-5)
+  np.testing.assert_array_equal(state["queue"][64:], np.asarray(initial["queue"])[64:])
+  assert int(state["queue_next"]) == 64
+  for new, ema, old in zip(jax.tree.leaves(moco_one_device[0][0].params),
+                           jax.tree.leaves(state["momentum_params"]),
+                           jax.tree.leaves(initial_params)):
     np.testing.assert_allclose(ema, 0.99 * np.asarray(old) + 0.01 * np.asarray(new),
                                rtol=1e-6, atol=1e-7)
 
@@ -282,7 +289,7 @@ def test_enqueue_wraps_around_like_a_ring_buffer(size, count, steps):
   expected, expected_start = queue, 0
   for _ in range(steps):
     keys = rng.normal(size=(count, 3)).astype(np.float32)
-    queue, start = methods.enqueue(jnp.asarray(queue), jnp.int32(start), jnp.asarray(keys))
+    queue, start = moco.enqueue(jnp.asarray(queue), jnp.int32(start), jnp.asarray(keys))
     expected, expected_start = enqueue_numpy(expected, expected_start, keys)
     np.testing.assert_array_equal(queue, expected)  # exact: copies
     assert int(start) == expected_start
@@ -290,11 +297,11 @@ def test_enqueue_wraps_around_like_a_ring_buffer(size, count, steps):
 
 def test_moco_second_step_wraps_the_queue(moco_one_device):
   """Step 2 (keys 64..127 of the run) lands in rows 64-95 and 0-31; rows 32-63 keep step 1's."""
-  first, second = moco_one_device[0][0], moco_one_device[0][1]
-  np.testing.assert_array_equal(second.queue[32:64], first.queue[32:64])
-  assert not np.any(np.all(second.queue[64:] == first.queue[64:], axis=1))
-  assert not np.any(np.all(second.queue[:32] == first.queue[:32], axis=1))
-  assert int(second.queue_next) == 32
+  first, second = (moco_one_device[0][i].method_state for i in (0, 1))
+  np.testing.assert_array_equal(second["queue"][32:64], first["queue"][32:64])
+  assert not np.any(np.all(second["queue"][64:] == first["queue"][64:], axis=1))
+  assert not np.any(np.all(second["queue"][:32] == first["queue"][:32], axis=1))
+  assert int(second["queue_next"]) == 32
 
 
 @pytest.mark.slow
@@ -306,7 +313,7 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   results = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), workdir)
   assert np.all(np.isfinite([m["loss"] for m in read_metrics(workdir)]))
   tree = checkpointing.Checkpointer(workdir).restore(32, None)
-  assert ("momentum_params" in tree) == (method in methods.MOMENTUM_METHODS)
+  assert ("momentum_params" in tree) == (method in ("moco", "byol"))
   assert ("queue" in tree) == (method == "moco")
   if method == "moco":
     # Stopped at 16 and resumed: the queue and key network come back bit for bit.
@@ -321,11 +328,11 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
       jax.tree.map(np.testing.assert_array_equal, again[name], tree[name])
 
 
-def encoder_knn(config, params, train, test):
+def encoder_knn(config, variables, train, test):
   """Cosine k-NN (k=5) of the encoder's features: train bank, test queries."""
   model = models.create_model(config)
-  bank, _ = evaluation.embed(model, params, train.images)
-  queries, _ = evaluation.embed(model, params, test.images)
+  bank, _ = evaluation.embed(model, variables, train.images)
+  queries, _ = evaluation.embed(model, variables, test.images)
   return evaluation.knn_accuracy(bank, train.labels, queries, test.labels, 5, "cosine")
 
 
@@ -345,11 +352,12 @@ def test_short_run_beats_its_random_initialisation(mnist_data_dir, tmp_path, met
   config = quick_config(mnist_data_dir, **overrides)
   workdir = str(tmp_path / method)
   trainer.train_and_evaluate(config, workdir)
-  trained = checkpointing.Checkpointer(workdir).restore_params(128)
+  trained = train_step_lib.eval_variables(checkpointing.Checkpointer(workdir).restore_tree(128))
   init_key = jax.random.split(jax.random.key(config.seed), 3)[0]  # as the trainer draws it
   initial = train_step_lib.create_train_state(models.create_model(config),
                                               train_step_lib.create_optimizer(config, 32, 128),
-                                              init_key, (28, 28, 1), config).params
+                                              init_key, (28, 28, 1), config)
+  initial = train_step_lib.eval_variables(initial)
   train = data.load_split("mnist", "train", mnist_data_dir, 4000)
   test = data.load_split("mnist", "test", mnist_data_dir, 1000)
   before = encoder_knn(config, initial, train, test)

@@ -125,8 +125,8 @@ def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_d
   expected_losses = np.array([m["loss"] for m in expected])
   assert abs(losses[0] - expected_losses[0]) <= FIRST_LOSS_TOLERANCE
   np.testing.assert_allclose(losses, expected_losses, rtol=0, atol=LOSS_TOLERANCE)
-  params = checkpointing.Checkpointer(workdir).restore_params(STEPS)
-  reference_params = checkpointing.Checkpointer(reference_dir).restore_params(STEPS)
+  params = checkpointing.Checkpointer(workdir).restore_tree(STEPS)["params"]
+  reference_params = checkpointing.Checkpointer(reference_dir).restore_tree(STEPS)["params"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAMS_TOLERANCE),
                params, reference_params)
 

@@ -1,0 +1,121 @@
+"""What every method is made of, the registry that finds one by name, and shared parts."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+REGISTRY = {}
+
+
+def register(name):
+  """Class decorator: registers one instance of a `Method` subclass as `config.method=name`."""
+  def decorate(cls):
+    cls.name = name
+    REGISTRY[name] = cls()
+    return cls
+  return decorate
+
+
+class Method:
+  """One method: its loss, its state, its update after each step, its config checks and
+  the model parts it adds. Subclasses override what they need."""
+  name = None
+  uses_predictor = False  # the model gets a predictor after the projection head (BYOL)
+
+  def check_config(self, config, fail):
+    """Checks the fields this method reads; `fail(field, value, message)` raises."""
+
+  def initial_state(self, config, params, batch_stats, key):
+    """The method's own state (`ContrastiveState.method_state`): a dict of arrays, or None.
+    Its keys are top-level keys of the checkpoint."""
+    del config, params, batch_stats, key
+    return None
+
+  def loss(self, params, state, view1, view2, batch, config, axis_name):
+    """This device's loss, differentiated with respect to `params` only. Returns (loss, aux):
+    aux["batch_stats"] is the online network's updated BatchNorm averages (None without
+    BN); other aux keys are the method's own, read by `after_step`."""
+    raise NotImplementedError
+
+  def after_step(self, state, step, aux, config, schedule_steps, axis_name):
+    """After the optimizer step (0-based `step`): updates the method's state."""
+    del step, aux, config, schedule_steps, axis_name
+    return state
+
+
+def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=False):
+  """Both views through the network in one training-mode pass; returns (outputs of view 1,
+  of view 2, updated BatchNorm averages or None). With BN, the statistics are over both
+  views of the global batch (all devices of `axis_name`), as SimCLR's global BN."""
+  images = jnp.concatenate([view1, view2])
+  if batch_stats is None:
+    _, outputs = state.apply_fn({"params": params}, images, predict=predict, train=True,
+                                axis_name=axis_name)
+    new_stats = None
+  else:
+    (_, outputs), updates = state.apply_fn(
+        {"params": params, "batch_stats": batch_stats}, images, predict=predict, train=True,
+        axis_name=axis_name, mutable=["batch_stats"])
+    new_stats = updates["batch_stats"]
+  out1, out2 = jnp.split(outputs, 2)
+  return out1, out2, new_stats
+
+
+class PairwiseMethod(Method):
+  """A loss over the global batch's views, from the projections of both views."""
+
+  def pairwise(self, z1, z2, batch, config, axis_name):
+    raise NotImplementedError
+
+  def loss(self, params, state, view1, view2, batch, config, axis_name):
+    z1, z2, batch_stats = forward_views(state, params, state.batch_stats, view1, view2,
+                                        axis_name)
+    return self.pairwise(z1, z2, batch, config, axis_name), {"batch_stats": batch_stats}
+
+
+class MomentumMethod(Method):
+  """A method with a momentum network: an EMA of the online parameters (MoCo's key network,
+  BYOL's target) that keeps its own BatchNorm averages, as both papers do."""
+
+  def check_config(self, config, fail):
+    if not 0 <= config.momentum < 1:
+      fail("momentum", config.momentum, "must be in [0, 1)")
+
+  def initial_state(self, config, params, batch_stats, key):
+    del config, key
+    # Starts equal to the online network; own buffers, as the step donates the state.
+    state = {"momentum_params": jax.tree.map(jnp.copy, params)}
+    if batch_stats is not None:
+      state["momentum_batch_stats"] = jax.tree.map(jnp.copy, batch_stats)
+    return state
+
+  def momentum_rate(self, config, step, schedule_steps):
+    """EMA rate at (0-based) `step`; constant `config.momentum` unless overridden."""
+    del step, schedule_steps
+    return config.momentum
+
+  def momentum_outputs(self, state, view1, view2, axis_name):
+    """The momentum network's outputs for both views (constants of the step) and its
+    updated BatchNorm averages (None without BN)."""
+    m = state.method_state
+    out1, out2, stats = forward_views(state, m["momentum_params"], m.get("momentum_batch_stats"),
+                                      view1, view2, axis_name)
+    return jax.lax.stop_gradient(out1), jax.lax.stop_gradient(out2), stats
+
+  def after_step(self, state, step, aux, config, schedule_steps, axis_name):
+    """The EMA of the parameters just updated (MoCo's and BYOL's order) and the momentum
+    network's own BN averages from this step's forward pass."""
+    del axis_name
+    rate = self.momentum_rate(config, step, schedule_steps)
+    m = dict(state.method_state)
+    m["momentum_params"] = optax.incremental_update(state.params, m["momentum_params"], 1.0 - rate)
+    if aux.get("momentum_batch_stats") is not None:
+      m["momentum_batch_stats"] = aux["momentum_batch_stats"]
+    return state.replace(method_state=m)
+
+
+def cosine_to_one(start, step, schedule_steps):
+  """1 - (1 - start) (cos(pi step / schedule_steps) + 1) / 2: from `start` to 1."""
+  return 1.0 - (1.0 - start) * (jnp.cos(math.pi * step / schedule_steps) + 1.0) / 2.0

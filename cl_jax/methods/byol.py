@@ -1,0 +1,28 @@
+"""BYOL: an online network with a predictor regresses a momentum (EMA) target network's
+projection of the other view; no negatives. The target's EMA rate rises from
+`config.momentum` to 1 along a cosine over the run."""
+
+from cl_jax import losses
+from cl_jax.methods import base
+
+
+@base.register("byol")
+class BYOL(base.MomentumMethod):
+  uses_predictor = True
+
+  def check_config(self, config, fail):
+    super().check_config(config, fail)
+    if config.model.projection_dim <= 0:
+      fail("model.projection_dim", config.model.projection_dim,
+           "byol needs a projection head (> 0) for its predictor")
+
+  def momentum_rate(self, config, step, schedule_steps):
+    return base.cosine_to_one(config.momentum, step, schedule_steps)
+
+  def loss(self, params, state, view1, view2, batch, config, axis_name):
+    del batch, config
+    p1, p2, batch_stats = base.forward_views(state, params, state.batch_stats, view1, view2,
+                                             axis_name, predict=True)
+    t1, t2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)
+    value = losses.byol_regression(p1, t2) + losses.byol_regression(p2, t1)
+    return value, {"batch_stats": batch_stats, "momentum_batch_stats": momentum_stats}
