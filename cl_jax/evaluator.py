@@ -1,9 +1,11 @@
 """Evaluates a run's workdir: metrics, raw-pixel baselines, plots, results.json, report.md."""
 
+import functools
 import hashlib
 import json
 import os
 
+import jax
 import matplotlib
 import numpy as np
 from tqdm.auto import tqdm
@@ -11,13 +13,19 @@ from tqdm.auto import tqdm
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from cl_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cl_jax import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cl_jax import checkpointing  # pylint: disable=wrong-import-position
 from cl_jax import data  # pylint: disable=wrong-import-position
+from cl_jax import diagnostics  # pylint: disable=wrong-import-position
 from cl_jax import evaluation  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
 from cl_jax import multihost  # pylint: disable=wrong-import-position
+from cl_jax import train_step  # pylint: disable=wrong-import-position
 
 CACHE_ENV = "CL_JAX_CACHE"
+# Uniformity and alignment take the first this many test images: uniformity's pairs grow
+# as the square.
+DIAGNOSTIC_POINTS = 2000
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -79,9 +87,10 @@ def raw_pixel_metrics(train, test, config):
   return metrics
 
 
-def restore_params(workdir):
-  """Parameters of the latest checkpoint in WORKDIR, as a host pytree (every process calls
-  it: opening and closing Orbax's manager are collectives)."""
+def restore_variables(workdir):
+  """(step, Flax variables for evaluation) of the latest checkpoint in WORKDIR, as host
+  pytrees: the parameters and BatchNorm's running averages where the model has them
+  (every process calls it: opening and closing Orbax's manager are collectives)."""
   checkpointer = checkpointing.Checkpointer(workdir)
   step = checkpointer.latest_step()
   if step is None:
@@ -89,16 +98,19 @@ def restore_params(workdir):
     raise NoCheckpointError(
         f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first with "
         f"python -m cl_jax.train --config CONFIG --workdir {workdir}")
-  params = checkpointer.restore_params(step)
+  variables = train_step.eval_variables(checkpointer.restore_tree(step))
   checkpointer.close()
-  return step, params
+  return step, variables
 
 
-def plot_tsne(points, labels, path):
+def plot_tsne(points, labels, path, names=None):
+  """Scatter of the 2-D points by label; the legend shows `names[label]`, or the integer
+  label without names."""
   fig, ax = plt.subplots(figsize=(7, 6))
   for label in np.unique(labels):
     chosen = labels == label
-    ax.scatter(points[chosen, 0], points[chosen, 1], s=6, label=str(label))
+    ax.scatter(points[chosen, 0], points[chosen, 1], s=6,
+               label=names[label] if names else str(label))
   ax.legend(title="class", markerscale=3, loc="best", fontsize=8)
   ax.set_title(f"t-SNE of {len(points)} test embeddings")
   ax.set_xticks([])
@@ -108,13 +120,20 @@ def plot_tsne(points, labels, path):
   plt.close(fig)
 
 
-def plot_series(entries, key, path, ylabel, title):
-  """Plots `key` against epoch from metrics.jsonl entries that have it."""
-  entries = [m for m in entries if key in m]
+def plot_series(entries, keys, path, ylabel, title, baseline=None):
+  """Plots each of `keys` ({metrics.jsonl key: legend label}) against epoch from the entries
+  that have it; `baseline` = (key, label): that key's last logged value (a constant, such as
+  the raw pixels' accuracy on the same data) as a dashed line, the level to beat."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  if entries:
-    ax.plot([m["epoch"] for m in entries], [m[key] for m in entries], marker="." if len(
-        entries) < 50 else None)
+  for key, label in keys.items():
+    points = [(m["epoch"], m[key]) for m in entries if key in m]
+    if points:
+      ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+  baseline_values = [m[baseline[0]] for m in entries if baseline and baseline[0] in m]
+  if baseline_values:
+    ax.axhline(baseline_values[-1], color="gray", linestyle="--", label=baseline[1])
+  if len(ax.lines) > 1:
+    ax.legend(loc="best", fontsize=8)
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -140,6 +159,53 @@ def results_table(results):
   return "\n".join(lines)
 
 
+def positive_pairs(images, config):
+  """Two augmented views (config.augment) of each uint8 image, as uint8 [2N, ...]: first
+  views, then second views. The keys come from config.seed alone, so every evaluation
+  draws the same views. Rounding to uint8 (what evaluation.embed takes) moves a pixel by
+  at most 1/510."""
+  keys = jax.random.split(jax.random.key(config.seed), len(images))
+  # Jitted: compiles faster than the op-by-op dispatch of the vmapped warps.
+  two_views = jax.jit(functools.partial(augment.two_views, config=config.augment))
+  views = jax.device_get(two_views(images, keys))
+  return np.round(255 * np.concatenate(views)).astype(np.uint8)
+
+
+def representation_diagnostics(test_z, pairs_z, knn_cosine):
+  """Collapse diagnostics of one representation: effective rank of the whole test split,
+  uniformity of its first DIAGNOSTIC_POINTS rows, alignment of `pairs_z` (the embedded
+  `positive_pairs`), next to that representation's cosine k-NN accuracy."""
+  first, second = np.split(pairs_z, 2)
+  return {"dimension": int(test_z.shape[1]),
+          "effective_rank": diagnostics.effective_rank(test_z),
+          "uniformity": diagnostics.uniformity(test_z[:DIAGNOSTIC_POINTS]),
+          "alignment": diagnostics.alignment(first, second),
+          "knn_train_test_cosine": knn_cosine}
+
+
+def diagnostics_table(found):
+  """Markdown table of results["diagnostics"], with a line on how to read it."""
+  features, projections = found["features"], found["projections"]
+  lines = [
+      "| diagnostic | encoder features | projections |", "| --- | --- | --- |",
+      f"| effective rank (of the dimension) | {features['effective_rank']:.1f} of "
+      f"{features['dimension']} | {projections['effective_rank']:.1f} of "
+      f"{projections['dimension']} |"]
+  for key, name, form in (
+      ("uniformity", f"uniformity, t = 2 (first {DIAGNOSTIC_POINTS} test images)", ".3f"),
+      ("alignment", f"alignment, alpha = 2 (two views of the first {DIAGNOSTIC_POINTS})", ".3f"),
+      ("knn_train_test_cosine", "k-NN train -> test, cosine", ".2%")):
+    lines.append(f"| {name} | {features[key]:{form}} | {projections[key]:{form}} |")
+  lines += ["", "Wang & Isola's alignment (mean squared distance of two views' normalised "
+            "embeddings; 0 to 4, lower is closer) and uniformity (log mean exp(-2 d^2) over "
+            "pairs; 0 to about -4, lower is more spread); Roy & Vetterli's effective rank. "
+            "A collapse shows as effective rank near 1 and uniformity near 0 (alignment is "
+            "then 0 too, trivially), a dimensional collapse as an effective rank far below "
+            "the dimension; a plateau as these numbers and the online k-NN (knn.png) no "
+            "longer moving from one checkpoint to the next."]
+  return "\n".join(lines)
+
+
 def write_report(workdir, config, results):
   path = os.path.join(workdir, "report.md")
   with open(path, "w", encoding="utf-8") as f:
@@ -147,6 +213,7 @@ def write_report(workdir, config, results):
     f.write(f"Checkpoint step {results['eval_step']}, k = {config.knn_k}, evaluated on the "
             "encoder output (not the projection head).\n\n")
     f.write(results_table(results) + "\n\n")
+    f.write("## Diagnostics\n\n" + diagnostics_table(results["diagnostics"]) + "\n\n")
     for key in ("final_loss", "steps", "epochs", "train_seconds", "images_per_second",
                 "num_devices", "params_sha256"):
       if key in results:
@@ -160,19 +227,18 @@ def evaluate_run(config, workdir, progress=True):
 
   Under jax.distributed every process calls it: the restore is an Orbax
   collective; then process 0 alone embeds (on its own devices), computes and
-  writes while the others wait for it. Returns the merged results dict
-  (training results plus evaluation keys) on every process.
+  writes while the others wait for it (and raise if it fails). Returns the merged
+  results dict (training results plus evaluation keys) on every process.
   """
-  step, params = restore_params(workdir)
-  if not multihost.is_main_process():
-    multihost.wait_for_every_process("evaluation_written")
-    return read_json(os.path.join(workdir, "results.json"))
-  results = _evaluate_on_this_process(config, workdir, step, params, progress)
-  multihost.wait_for_every_process("evaluation_written")
+  step, variables = restore_variables(workdir)
+  results = multihost.on_main_process(
+      "evaluation", lambda: _evaluate_on_this_process(config, workdir, step, variables, progress))
+  if results is None:  # another process: process 0 wrote them
+    results = read_json(os.path.join(workdir, "results.json"))
   return results
 
 
-def _evaluate_on_this_process(config, workdir, step, params, progress):
+def _evaluate_on_this_process(config, workdir, step, variables, progress):
   """The evaluation proper, on this process's devices; writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
   train = data.load_split(config.dataset, "train", data_dir, config.eval_train_examples,
@@ -181,27 +247,39 @@ def _evaluate_on_this_process(config, workdir, step, params, progress):
   model = models.create_model(config)
   # Local devices only (embed's default): a mesh over every process's devices would
   # make the forward passes collectives that the waiting processes never enter.
-  train_x, _ = evaluation.embed(model, params, train.images, config.eval_batch_size,
-                                progress=progress)
-  test_x, _ = evaluation.embed(model, params, test.images, config.eval_batch_size,
-                               progress=progress)
+  train_x, train_p = evaluation.embed(model, variables, train.images, config.eval_batch_size,
+                                      progress=progress)
+  test_x, test_p = evaluation.embed(model, variables, test.images, config.eval_batch_size,
+                                    progress=progress)
   results = read_json(os.path.join(workdir, "results.json"))
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
   # Which data the metrics were computed on (content and canonical order).
   results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
+  pairs = positive_pairs(test.images[:DIAGNOSTIC_POINTS], config)
+  pairs_x, pairs_p = evaluation.embed(model, variables, pairs, config.eval_batch_size,
+                                      progress=progress)
+  results["diagnostics"] = {
+      "features": representation_diagnostics(test_x, pairs_x, results["knn_train_test_cosine"]),
+      "projections": representation_diagnostics(
+          test_p, pairs_p, evaluation.knn_accuracy(train_p, train.labels, test_p, test.labels,
+                                                   config.knn_k, "cosine"))}
 
   with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:
     count = min(config.tsne_points, len(test))
     points = evaluation.tsne_2d(test_x[:count], seed=config.seed)
     bar.update(1)
-  plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"))
+  plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"),
+            data.class_names(config.dataset, data_dir))
   entries = read_metrics(workdir)
-  plot_series(entries, "loss", os.path.join(workdir, "loss.png"), f"{config.method} loss",
-              "training loss")
-  plot_series(entries, "knn_monitor", os.path.join(workdir, "knn.png"), "accuracy",
-              f"online cosine k-NN (k={config.knn_k}) on a held subset")
+  plot_series(entries, {"loss": "loss"}, os.path.join(workdir, "loss.png"),
+              f"{config.method} loss", "training loss")
+  plot_series(entries, {"knn_monitor": "encoder features",
+                        "knn_monitor_projection": "projections"},
+              os.path.join(workdir, "knn.png"), "accuracy",
+              f"online cosine k-NN (k={config.knn_k}) on a held subset",
+              baseline=("knn_monitor_raw_pixels", "raw pixels, same subset"))
   write_json(os.path.join(workdir, "results.json"), results)
   write_report(workdir, config, results)
   return results

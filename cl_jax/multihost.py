@@ -95,15 +95,41 @@ def assert_same(values, message):
 _barriers = itertools.count()
 
 
-def wait_for_every_process(name, timeout_seconds=7200):
-  """A barrier on JAX's coordination service (no device collective, so no collective
-  time-out): for processes that wait while process 0 alone works (the evaluation).
-  Falls back to a device barrier where no distributed client exists."""
+class MainProcessFailed(RuntimeError):
+  """Process 0 raised in work the other processes were waiting for."""
+
+
+def on_main_process(name, work, timeout_seconds=7200):
+  """Runs `work()` on process 0 while the others wait; returns its result there, None on
+  the others. If `work` raises on process 0, it re-raises there and every other process
+  raises MainProcessFailed, rather than waiting at a barrier process 0 never reaches.
+
+  The wait is a barrier of JAX's coordination service and the outcome a key in its
+  key-value store: no device collective, so no collective time-out (the evaluation takes
+  minutes). Falls back to a device barrier where no distributed client exists.
+  """
   if not is_multiprocess():
-    return
+    return work()
   from jax._src import distributed  # pylint: disable=g-import-not-at-top  (what Orbax uses too)
   client = distributed.global_state.client
   if client is None:
+    result = work() if is_main_process() else None
     barrier(name)
-    return
-  client.wait_at_barrier(f"cl_jax_{name}_{next(_barriers)}", timeout_in_ms=timeout_seconds * 1000)
+    return result
+  key = f"cl_jax_{name}_{next(_barriers)}"
+  timeout_ms = timeout_seconds * 1000
+  if is_main_process():
+    try:
+      result = work()
+    except BaseException as e:
+      client.key_value_set(key, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+      client.wait_at_barrier(key, timeout_in_ms=timeout_ms)
+      raise
+    client.key_value_set(key, "ok")
+    client.wait_at_barrier(key, timeout_in_ms=timeout_ms)
+    return result
+  client.wait_at_barrier(key, timeout_in_ms=timeout_ms)
+  outcome = client.blocking_key_value_get(key, timeout_ms)
+  if outcome != "ok":
+    raise MainProcessFailed(f"process 0 failed in {name}: {outcome}")
+  return None

@@ -2,12 +2,14 @@
 
   python scripts/compare_methods.py [--data_dir TFDS_DIR] [--num_epochs 5]
          [--methods simclr,moco,byol,supcon,triplet,margin] [--workdir runs/methods] [--reuse]
+         [--seeds N]
 
 Each method runs its config (configs/mnist.py for simclr, configs/mnist_<method>.py
 for the others: the same data, views, encoder, optimizer and schedule) from
 scratch with `python -m cl_jax.train`, for the same number of epochs, one after
-the other, then is evaluated the same way; every number comes from the runs'
-results.json.
+the other, N times (the config's seed S, then S + 1, ..., in WORKDIR/<method>/seed<S>),
+then is evaluated the same way; every number comes from the runs' results.json,
+each cell the mean ± sample standard deviation over the seeds.
 """
 
 import argparse
@@ -16,15 +18,22 @@ import json
 import os
 
 # scripts/ is on sys.path when this runs as a script.
-from reproduce import REPO_ROOT, machine, percent, run_details, train, write_lines
+from reproduce import (REPO_ROOT, aggregate, config_seeds, machine, mean_std, minutes,
+                       run_details, seeds_note, train, write_lines)
 
 CONFIGS = {"simclr": "mnist", "moco": "mnist_moco", "byol": "mnist_byol",
            "supcon": "mnist_supcon", "triplet": "mnist_triplet", "margin": "mnist_margin"}
 NOTES = {"supcon": "uses the labels: a supervised reference"}
 
 
-def write_report(path, runs, raw, num_epochs, data_dir, reused=()):
-  command = f"python scripts/compare_methods.py --num_epochs {num_epochs}"
+# The metrics of the table (results.json keys), in its column order.
+METRICS = ("knn_train_test", "knn_train_test_cosine", "linear_probe", "knn_seed")
+
+
+def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
+  """runs: {method: [results dict of each seed]}; reused: "method, seed S" of the runs taken
+  from an earlier invocation."""
+  command = f"python scripts/compare_methods.py --num_epochs {num_epochs} --seeds {num_seeds}"
   if data_dir:
     command += " --data_dir TFDS_DIR"
   lines = [
@@ -37,8 +46,8 @@ def write_report(path, runs, raw, num_epochs, data_dir, reused=()):
       f"Machine: {machine()}.",
   ]
   if reused:
-    lines.append(f"Rows taken from earlier runs of this script with the same budget (`--reuse`): "
-                 f"{', '.join(m for m in CONFIGS if m in reused)}; the others trained in this run.")
+    lines.append(f"Runs taken from earlier runs of this script with the same budget (`--reuse`): "
+                 f"{'; '.join(reused)}; the others trained in this run.")
   lines += [
       "",
       "k = 5; `train_test`: k-NN fit on the 60,000 training images' encoder features, predicting",
@@ -46,22 +55,26 @@ def write_report(path, runs, raw, num_epochs, data_dir, reused=()):
       "`seed`: fit on the first 8,000 test images (canonical order), predict the last 2,000. Hand-run",
       "experiments with the methods' settings (BYOL's): `docs/tuning.md`.",
       "",
+      seeds_note(num_seeds),
+      "",
       "| method | config | k-NN train_test | k-NN train_test (cosine) | linear probe | k-NN seed "
       "| train time | images/s | wall time (train + eval) |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-      f"| raw pixels | - | {percent(raw['knn_train_test'])} | "
-      f"{percent(raw['knn_train_test_cosine'])} | {percent(raw['linear_probe'])} | "
-      f"{percent(raw['knn_seed'])} | - | - | - |",
+      "| raw pixels | - | " + " | ".join(mean_std(aggregate([raw]), key) for key in METRICS)
+      + " | - | - | - |",
   ]
   ordered = {m: runs[m] for m in CONFIGS if m in runs}
-  for method, r in ordered.items():
+  for method, seed_runs in ordered.items():
     note = f" ({NOTES[method]})" if method in NOTES else ""
+    stats = aggregate(seed_runs)
     lines.append(
-        f"| {method}{note} | `configs/{CONFIGS[method]}.py` | {percent(r['knn_train_test'])} | "
-        f"{percent(r['knn_train_test_cosine'])} | {percent(r['linear_probe'])} | "
-        f"{percent(r['knn_seed'])} | {r['train_seconds'] / 60:.1f} min | "
-        f"{r['images_per_second']:.0f} | {r['wall_seconds'] / 60:.1f} min |")
+        f"| {method}{note} | `configs/{CONFIGS[method]}.py` | "
+        + " | ".join(mean_std(stats, key) for key in METRICS)
+        + f" | {minutes(stats, 'train_seconds')} | "
+        f"{mean_std(stats, 'images_per_second', scale=1, unit='', digits=0)} | "
+        f"{minutes(stats, 'wall_seconds')} |")
   write_lines(path, lines + run_details(ordered))
+
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,25 +84,29 @@ def main():
   parser.add_argument("--methods", default=",".join(CONFIGS))
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "methods.md"))
   parser.add_argument("--reuse", action="store_true",
-                      help="take a method's row from an earlier run of this script in WORKDIR "
-                      "(same budget) instead of training it again")
+                      help="take a method's run of a seed from an earlier run of this script in "
+                      "WORKDIR (same budget) instead of training it again")
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="train each method this many times (seeds S, S + 1, ...)")
   args = parser.parse_args()
 
   runs, reused = {}, []
   for method in args.methods.split(","):
-    workdir = os.path.join(args.workdir, method)
-    row_file = os.path.join(workdir, f"comparison_{args.num_epochs}_epochs.json")
-    if args.reuse and os.path.exists(row_file):
-      with open(row_file, encoding="utf-8") as f:
-        runs[method] = json.load(f)
-      reused.append(method)
-      continue
-    runs[method] = train(CONFIGS[method], workdir, args.data_dir,
-                         [f"--config.num_epochs={args.num_epochs}"])
-    with open(row_file, "w", encoding="utf-8") as f:
-      json.dump(runs[method], f, indent=2)
-  write_report(args.out, runs, next(iter(runs.values()))["raw_pixels"], args.num_epochs,
-               args.data_dir, reused)
+    runs[method] = []
+    for seed in config_seeds(CONFIGS[method], args.seeds):
+      workdir = os.path.join(args.workdir, method, f"seed{seed}")
+      run_file = os.path.join(workdir, f"comparison_{args.num_epochs}_epochs.json")
+      if args.reuse and os.path.exists(run_file):
+        with open(run_file, encoding="utf-8") as f:
+          runs[method].append(json.load(f))
+        reused.append(f"{method}, seed {seed}")
+        continue
+      runs[method].append(train(CONFIGS[method], workdir, args.data_dir, seed,
+                                [f"--config.num_epochs={args.num_epochs}"]))
+      with open(run_file, "w", encoding="utf-8") as f:
+        json.dump(runs[method][-1], f, indent=2)
+  write_report(args.out, runs, next(iter(runs.values()))[0]["raw_pixels"], args.num_epochs,
+               args.data_dir, args.seeds, reused)
   print(open(args.out, encoding="utf-8").read())
 
 

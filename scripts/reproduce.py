@@ -1,14 +1,16 @@
 """Runs the reference and the default MNIST configs and writes docs/results.md.
 
   python scripts/reproduce.py [--data_dir TFDS_DIR] [--workdir runs/reproduce]
-         [--configs mnist_seed,mnist] [--ablation]
+         [--configs mnist_seed,mnist] [--ablation] [--seeds N]
 
 Each config is trained from scratch with `python -m cl_jax.train` (evaluation
-included) in WORKDIR/<config>; the table takes every number from the runs'
-results.json and the raw-pixel baseline from the same evaluation. With
---ablation, each listed variant of the default config (one change undone) is
-run too. Same config and seed on the same machine give the same numbers: the
-table shows each run's params_sha256 so a re-run can be compared byte for byte.
+included) N times, with the config's own seed S and S + 1, ..., S + N - 1, in
+WORKDIR/<config>/seed<S>; the table shows each metric's mean and sample standard
+deviation over the seeds, every number from the runs' results.json, and the
+raw-pixel baseline from the same evaluation. With --ablation, each listed
+variant of the default config (one change undone) is run too. Same config and
+seed on the same machine give the same numbers: the run details show each run's
+params_sha256 so a re-run can be compared byte for byte.
 """
 
 import argparse
@@ -17,9 +19,12 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+
+from cl_jax import config_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,10 +43,22 @@ ABLATIONS = {
                               "--config.warmup_epochs=0"],
 }
 
+# The metrics of the tables (results.json keys), in this script's column order.
+METRICS = ("knn_seed", "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine",
+           "linear_probe")
 
-def train(config_name, workdir, data_dir, extra=()):
+
+def config_seeds(config_name, count):
+  """The seeds a config's runs train with: the config's own, then the next count - 1."""
+  config = config_files.load(os.path.join(REPO_ROOT, "configs", f"{config_name}.py"))
+  first = config.get_config().seed
+  return list(range(first, first + count))
+
+
+def train(config_name, workdir, data_dir, seed, extra=()):
   command = [sys.executable, "-m", "cl_jax.train", "--config", f"configs/{config_name}.py",
-             "--workdir", workdir, "--config.progress_bar=False", *extra]
+             "--workdir", workdir, "--config.progress_bar=False", *extra,
+             f"--config.seed={seed}"]
   if data_dir:
     command.append(f"--config.data_dir={data_dir}")
   shutil.rmtree(workdir, ignore_errors=True)
@@ -51,11 +68,44 @@ def train(config_name, workdir, data_dir, extra=()):
     results = json.load(f)
   results["wall_seconds"] = time.time() - start
   results["command"] = " ".join(["python -m cl_jax.train"] + command[3:])
+  results["seed"] = seed
   return results
 
 
-def percent(x):
-  return f"{100 * x:.2f}%"
+def aggregate(runs):
+  """{key: (mean, sample standard deviation)} of each number that every results dict in
+  `runs` (one per seed) holds; the deviation is None for a single run."""
+  numbers = [key for key, value in runs[0].items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)
+             and all(key in r for r in runs)]
+  return {key: (statistics.fmean(r[key] for r in runs),
+                statistics.stdev(r[key] for r in runs) if len(runs) > 1 else None)
+          for key in numbers}
+
+
+def mean_std(stats, key, scale=100, unit="%", digits=2):
+  """A table cell from `aggregate`'s stats: "98.71 ± 0.05%"; one run: "98.71%"."""
+  mean, std = stats[key]
+  if std is None:
+    return f"{scale * mean:.{digits}f}{unit}"
+  return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}{unit}"
+
+
+def minutes(stats, key):
+  return mean_std(stats, key, scale=1 / 60, unit=" min", digits=1)
+
+
+def seeds_note(num_seeds):
+  """The paragraph that says how many seeds each row aggregates and when two rows tie."""
+  tie = ("a difference between two rows smaller than two standard deviations (the larger "
+         "of the two rows') is called a tie.")
+  if num_seeds == 1:
+    return ("N = 1: one seed per row (the config's own; `--seeds N` trains N), so no standard "
+            "deviation, and a difference of a few tenths of a point cannot be told from seed "
+            f"noise; with N > 1, {tie}")
+  return (f"N = {num_seeds} seeds per row (the config's own seed S, then S + 1, ..., "
+          f"S + {num_seeds - 1}): each cell is the mean ± the sample standard deviation "
+          f"(ddof = 1) over the {num_seeds} runs; {tie}")
 
 
 def machine():
@@ -66,7 +116,8 @@ def machine():
           f"{', '.join(sorted({d.device_kind for d in jax.devices()}))} x{jax.device_count()}")
 
 
-def write_report(path, runs, raw):
+def write_report(path, runs, raw, num_seeds):
+  """runs: {row name: [results dict of each seed]}."""
   lines = [
       "# Representation quality on MNIST",
       "",
@@ -80,32 +131,33 @@ def write_report(path, runs, raw):
       "`cl_jax/data`, the same however the data were prepared); `train_test`: fit on the",
       "60,000 training images, predict the 10,000 test images. Features are the encoder output.",
       "",
+      seeds_note(num_seeds),
+      "",
       "| what | k-NN seed | k-NN seed (cosine) | k-NN train_test | k-NN train_test (cosine) | "
       "linear probe | train time | wall time (train + eval) |",
       "| --- | --- | --- | --- | --- | --- | --- | --- |",
-      f"| raw pixels (same evaluation; cached once per dataset) | {percent(raw['knn_seed'])} | {percent(raw['knn_seed_cosine'])} "
-      f"| {percent(raw['knn_train_test'])} | {percent(raw['knn_train_test_cosine'])} | "
-      f"{percent(raw['linear_probe'])} | - | - |",
+      f"| raw pixels (same evaluation; cached once per dataset) | "
+      + " | ".join(mean_std(aggregate([raw]), key) for key in METRICS) + " | - | - |",
   ]
   for name, seed, train_test in QUOTED_ROWS:
     lines.append(f"| {name} (quoted, not re-run) | {seed} | - | {train_test} | - | - | - | - |")
-  for name, r in runs.items():
-    lines.append(
-        f"| `{name}` | {percent(r['knn_seed'])} | {percent(r['knn_seed_cosine'])} | "
-        f"{percent(r['knn_train_test'])} | {percent(r['knn_train_test_cosine'])} | "
-        f"{percent(r['linear_probe'])} | {r['train_seconds'] / 60:.1f} min | "
-        f"{r['wall_seconds'] / 60:.1f} min |")
+  for name, seed_runs in runs.items():
+    stats = aggregate(seed_runs)
+    lines.append(f"| `{name}` | " + " | ".join(mean_std(stats, key) for key in METRICS)
+                 + f" | {minutes(stats, 'train_seconds')} | {minutes(stats, 'wall_seconds')} |")
   write_lines(path, lines + run_details(runs))
 
 
 def run_details(runs):
   """A report's closing section: each run's command, length, speed, loss and parameter hash."""
   lines = ["", "## Commands and run details", ""]
-  for name, r in runs.items():
-    lines += [f"- `{name}`: `{r['command']}`",
-              f"  - {r['steps']} steps ({r['epochs']:.0f} epochs) on {r['num_devices']} device(s), "
-              f"{r['images_per_second']:.0f} images/s, final loss {r['final_loss']:.4f}",
-              f"  - params_sha256 `{r['params_sha256']}`"]
+  for name, seed_runs in runs.items():
+    for r in seed_runs:
+      lines += [f"- `{name}`, seed {r['seed']}: `{r['command']}`",
+                f"  - {r['steps']} steps ({r['epochs']:.0f} epochs) on {r['num_devices']} "
+                f"device(s), {r['images_per_second']:.0f} images/s, final loss "
+                f"{r['final_loss']:.4f}",
+                f"  - params_sha256 `{r['params_sha256']}`"]
   return lines
 
 
@@ -120,18 +172,22 @@ def main():
   parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "runs", "reproduce"))
   parser.add_argument("--configs", default="mnist_seed,mnist")
   parser.add_argument("--ablation", action="store_true")
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="train each config this many times (seeds S, S + 1, ...)")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results.md"))
   args = parser.parse_args()
 
+  def train_seeds(config_name, workdir, extra=()):
+    return [train(config_name, os.path.join(workdir, f"seed{seed}"), args.data_dir, seed, extra)
+            for seed in config_seeds(config_name, args.seeds)]
   runs = {}
   for name in args.configs.split(","):
-    runs[name] = train(name, os.path.join(args.workdir, name), args.data_dir)
+    runs[name] = train_seeds(name, os.path.join(args.workdir, name))
   if args.ablation:
     for name, overrides in ABLATIONS.items():
-      runs[f"mnist, {name}"] = train("mnist", os.path.join(args.workdir, name), args.data_dir,
-                                     overrides)
-  raw = next(iter(runs.values()))["raw_pixels"]
-  write_report(args.out, runs, raw)
+      runs[f"mnist, {name}"] = train_seeds("mnist", os.path.join(args.workdir, name), overrides)
+  raw = next(iter(runs.values()))[0]["raw_pixels"]
+  write_report(args.out, runs, raw, args.seeds)
   print(open(args.out, encoding="utf-8").read())
 
 

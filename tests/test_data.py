@@ -82,3 +82,26 @@ def test_real_mnist_statistics(mnist_data_dir):
   # The canonical order is not the IDX files' (which starts 5, 0, 4, 1, 9) and mixes classes.
   assert list(train.labels[:5]) != [5, 0, 4, 1, 9]
   assert len(np.unique(train.labels[:100])) == 10
+
+
+def test_class_names_of_mnist(mnist_data_dir):
+  assert data.class_names("mnist", mnist_data_dir) == [str(digit) for digit in range(10)]
+
+
+@pytest.mark.parametrize("label_feature, expected", [
+    ("ClassLabel", ["cat", "dog", "fish"]),
+    ("Tensor", None),  # integer labels without names: the caller shows the integers
+])
+def test_class_names_from_the_label_feature(tmp_path, label_feature, expected):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  label = (tfds.features.ClassLabel(names=["cat", "dog", "fish"]) if label_feature == "ClassLabel"
+           else tfds.features.Tensor(shape=(), dtype=np.int64))
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="three_labels", version="1.0.0",
+      features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(2, 2, 1)),
+                                           "label": label}),
+      split_datasets={"test": tf.data.Dataset.from_tensor_slices(
+          {"image": np.zeros((3, 2, 2, 1), np.uint8), "label": np.arange(3, dtype=np.int64)})},
+      data_dir=str(tmp_path))
+  assert data.class_names("three_labels", str(tmp_path)) == expected

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from cl_jax import checkpointing
+from cl_jax import models
+from cl_jax import train_step as train_step_lib
 from cl_jax import trainer
 from cl_jax.evaluator import read_metrics
 from tests.test_trainer import quick_config
@@ -70,11 +72,11 @@ def train_command(data_dir, workdir):
           *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
 
 
-def finish(launched):
+def finish(launched, timeout=600):
   """Waits for both processes; returns [(exit status, stderr)]."""
   finished = []
   for process, log in launched:
-    process.wait(timeout=600)
+    process.wait(timeout=timeout)
     with open(log, encoding="utf-8") as f:
       finished.append((process.returncode, f.read()))
   return finished
@@ -140,3 +142,72 @@ def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_d
   assert os.path.exists(os.path.join(workdir, "report.md"))
   for key in ("knn_seed", "knn_train_test", "knn_train_test_cosine", "linear_probe"):
     assert again[key] == pytest.approx(results[key], abs=1e-6), key
+
+
+@pytest.mark.slow  # ~30 s: two processes start, restore and stop
+def test_a_failed_evaluation_on_process_0_stops_every_process(tmp_path):
+  """Process 0 alone computes the evaluation while the others wait. When it fails (here:
+  its data directory does not exist), every process must exit with an error, not wait
+  for hours at a barrier process 0 never reaches (seen: process 1 waited 40 minutes)."""
+  workdir = str(tmp_path / "run")
+  config = quick_config(str(tmp_path / "no_data_here"), data_download=False)
+  model = models.create_model(config)
+  state = train_step_lib.create_train_state(
+      model, train_step_lib.create_optimizer(config, 1, 1), jax.random.key(0), (28, 28, 1),
+      config)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  # Host arrays, as the trainer saves them (device arrays would record this process's devices).
+  checkpointer.save(1, checkpointing.state_to_tree(jax.device_get(state), jax.random.key(1), 1))
+  checkpointer.wait()
+  checkpointer.close()
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json())
+  start = time.time()
+  finished = finish(launch(["cl_jax.evaluate", "--workdir", workdir], str(tmp_path / "evaluate"),
+                           str(tmp_path / "cache")), timeout=300)
+  assert time.time() - start < 300
+  for status, stderr in finished:
+    assert status != 0, stderr[-3000:]
+  assert "no_data_here" in finished[0][1][-5000:]
+  assert "process 0 failed in evaluation" in finished[1][1][-5000:], finished[1][1][-3000:]
+
+
+# Batch norm in the encoder, the head and BYOL's predictor: statistics over the global batch
+# of both processes. Evaluation off: this test is about the collectives of a training step.
+BN_OVERRIDES = {**OVERRIDES, "method": "byol", "model.norm": "batch",
+                "model.head_norm": "batch", "model.predictor_norm": "batch",
+                "evaluate_at_end": False, "eval_every_epochs": 0}
+
+
+@pytest.mark.long  # ~2 min: two training processes and a reference run
+def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
+  """2 processes x 2 devices equal 1 process x 4 devices with BatchNorm everywhere: losses,
+  parameters, the running averages of the online and the target network."""
+  workdir = str(tmp_path / "two_processes")
+  command = ["cl_jax.train", "--config", "configs/mnist_seed.py", "--workdir", workdir,
+             f"--config.data_dir={mnist_data_dir}", "--config.progress_bar=False",
+             *[f"--config.{k}={v}" for k, v in BN_OVERRIDES.items()]]
+  for status, stderr in finish(launch(command, str(tmp_path / "train"), str(tmp_path / "c"))):
+    assert status == 0, stderr[-3000:]
+  reference_dir = str(tmp_path / "one_process")
+  config = quick_config(mnist_data_dir, num_devices=4)
+  for key, value in BN_OVERRIDES.items():
+    section = config
+    *parents, name = key.split(".")
+    for parent in parents:
+      section = section[parent]
+    section[name] = value
+  trainer.train_and_evaluate(config, reference_dir)
+  losses = [m["loss"] for m in read_metrics(workdir) if "loss" in m]
+  expected = [m["loss"] for m in read_metrics(reference_dir) if "loss" in m]
+  assert len(losses) == len(expected) == STEPS
+  # Tolerances as in the test above (Gloo sums in another order). Statistics taken over
+  # one process's shard instead of the global batch move the first step's BN outputs, so
+  # the second loss, by far more than this.
+  assert abs(losses[0] - expected[0]) <= FIRST_LOSS_TOLERANCE
+  np.testing.assert_allclose(losses, expected, rtol=0, atol=LOSS_TOLERANCE)
+  tree = checkpointing.Checkpointer(workdir).restore_tree(STEPS)
+  reference_tree = checkpointing.Checkpointer(reference_dir).restore_tree(STEPS)
+  for name in ("params", "batch_stats", "momentum_params", "momentum_batch_stats"):
+    jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
+        a, b, rtol=0, atol=PARAMS_TOLERANCE, err_msg=name), tree[name], reference_tree[name])

@@ -134,6 +134,14 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
   return Split(images=images[order], labels=labels[order])
 
 
+def class_names(dataset, data_dir=None):
+  """The names of the labels 0, 1, ... from the dataset's TFDS features ("0".."9" for MNIST),
+  or None when its `label` feature names none (not a ClassLabel)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  label = tfds.builder(dataset, data_dir=data_dir or None).info.features["label"]
+  return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+
+
 def default_data_dir():
   """TFDS data dir from the environment, or None for TFDS's own default."""
   return os.environ.get(TFDS_DATA_DIR_ENV) or None
