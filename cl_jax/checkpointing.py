@@ -114,6 +114,19 @@ def _is_structure_mismatch(error):
   return isinstance(error, ValueError) and "tree structures do not match" in str(error)
 
 
+def _check_shapes(saved, target):
+  """Raises a structure mismatch where an array's saved shape differs from the target's
+  (Orbax would read it into the target's shape regardless)."""
+  shapes = {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+            if hasattr(leaf, "shape")}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    name = jax.tree_util.keystr(path)
+    if name in shapes and shapes[name] != np.shape(leaf):
+      raise ValueError(f"tree structures do not match: {name} has shape {shapes[name]} in the "
+                       f"checkpoint, {np.shape(leaf)} here")
+
+
 class Checkpointer:
   """Saves and restores host pytrees under WORKDIR/checkpoints with a CheckpointManager."""
 
@@ -209,6 +222,7 @@ class Checkpointer:
         raise ValueError(f"tree structures do not match: the checkpoint has no "
                          f"{', '.join(sorted(missing))}")
       target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
+      _check_shapes(saved, target)
       return reader.restore(path, target)
     finally:
       reader.close()

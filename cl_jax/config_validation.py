@@ -138,8 +138,7 @@ def _check_augment(augment):
 
 def _check_model(model):
   widths = {"model.conv_features": tuple(model.conv_features),
-            "model.projection_hidden": tuple(model.projection_hidden),
-            "model.predictor_hidden": tuple(model.predictor_hidden)}
+            "model.projection_hidden": tuple(model.projection_hidden)}
   for field, values in widths.items():
     if not all(isinstance(v, int) and v > 0 for v in values):
       _fail(field, values, "every width must be a positive integer")

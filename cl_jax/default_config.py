@@ -11,7 +11,7 @@ import ml_collections
 def get_config():
   """Returns the default config (SimpleCNN, the replaced example's hyper-parameters)."""
   config = ml_collections.ConfigDict()
-  config.method = "simclr"  # "simclr", "moco", "byol", "supcon", "triplet" or "margin" (cl_jax/methods.py).
+  config.method = "simclr"  # "simclr", "moco", "byol", "supcon", "triplet" or "margin" (cl_jax/methods/).
 
   # Data.
   config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
@@ -37,8 +37,7 @@ def get_config():
   config.model.projection_hidden = (128,)  # Hidden sizes of the projection head MLP.
   config.model.projection_dim = 64  # Output size of the projection head; 0 = no head (loss on the embedding).
   config.model.head_norm = "none"  # Normalisation after each hidden layer of the head: "none" or "batch".
-  config.model.predictor_hidden = (128,)  # Hidden sizes of the predictor MLP (methods with one: byol).
-  config.model.predictor_norm = "none"  # Normalisation after each hidden layer of the predictor: "none" or "batch".
+  config.model.predictor_norm = "none"  # Predictor (byol; its hidden sizes are projection_hidden's): "none" or "batch".
   # BatchNorm ("batch" above): statistics over the global batch (both views, every device and
   # process) in training; running averages, kept in checkpoints, in evaluation.
   config.model.bn_momentum = 0.9  # Decay of BatchNorm's running averages per step.

@@ -259,7 +259,7 @@ def create_model(config, backend=None):
                           norm=m.head_norm, bn_momentum=m.bn_momentum, dtype=dtype,
                           precision=precision)
   if methods.get(config.method).uses_predictor:  # projection_dim -> projection_dim
-    predictor = ProjectionHead(hidden_features=tuple(m.predictor_hidden),
+    predictor = ProjectionHead(hidden_features=tuple(m.projection_hidden),
                                out_features=m.projection_dim, norm=m.predictor_norm,
                                bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
   return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)

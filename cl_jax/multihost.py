@@ -106,16 +106,12 @@ def on_main_process(name, work, timeout_seconds=7200):
 
   The wait is a barrier of JAX's coordination service and the outcome a key in its
   key-value store: no device collective, so no collective time-out (the evaluation takes
-  minutes). Falls back to a device barrier where no distributed client exists.
+  minutes).
   """
   if not is_multiprocess():
     return work()
   from jax._src import distributed  # pylint: disable=g-import-not-at-top  (what Orbax uses too)
-  client = distributed.global_state.client
-  if client is None:
-    result = work() if is_main_process() else None
-    barrier(name)
-    return result
+  client = distributed.global_state.client  # several processes: jax.distributed made one
   key = f"cl_jax_{name}_{next(_barriers)}"
   timeout_ms = timeout_seconds * 1000
   if is_main_process():

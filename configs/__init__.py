@@ -1,0 +1,8 @@
+"""Config files (`python -m cl_jax.train --config configs/NAME.py`).
+
+Each method's config file, by `config.method` (what scripts/compare_methods.py
+trains and tests/test_methods.py checks):
+"""
+
+METHOD_CONFIGS = {"simclr": "mnist", "moco": "mnist_moco", "byol": "mnist_byol",
+                  "supcon": "mnist_supcon", "triplet": "mnist_triplet", "margin": "mnist_margin"}

@@ -1,6 +1,10 @@
 """BYOL on MNIST: the default config's data, views, encoder and schedule, with a
 predictor on the online network and an EMA target network; no negatives.
 
+Batch normalisation (global-batch statistics) after the hidden layer of the
+projector and of the predictor, where BYOL puts it: without it BYOL collapses
+partially here (89.48% k-NN at 5 epochs against 98.12% with it; docs/tuning.md).
+
   python -m cl_jax.train --config configs/mnist_byol.py --workdir runs/mnist_byol
 """
 
@@ -14,4 +18,6 @@ def get_config():
   config = mnist.get_config()
   config.method = "byol"
   config.momentum = 0.99  # the target's starting EMA rate, raised to 1 along a cosine
+  config.model.head_norm = "batch"  # BN in the projector (the target's too) ...
+  config.model.predictor_norm = "batch"  # ... and in the predictor, as the paper
   return config

@@ -14,7 +14,10 @@ the IDX files, TensorBoard is skipped). In order:
    call, float32 / bfloat16, XLA / custom kernels; the PyTorch reference too
    where torch sees the GPU;
 6. (--sections drift) where one step per call and 8 per call part, per step,
-   at the default matmul precision and at HIGHEST.
+   at the default matmul precision and at HIGHEST;
+7. (--sections ablations) the batch-norm and triplet-mining ablations of
+   docs/tuning.md, 5 epochs each (docs/methods.md's budget), float32 products
+   (and BYOL in bf16): the monitor per epoch and k-NN train -> test.
 Every section prints its numbers; none passes or fails on time.
 """
 
@@ -233,6 +236,72 @@ def check_drift(train):
   return out
 
 
+# Section 7's runs: (name, config file, overrides). The 5-epoch budget of docs/methods.md.
+ABLATIONS = [
+    ("triplet_semi_hard", "mnist_triplet", {"triplet_mining": "semi_hard"}),
+    ("triplet_soft_margin", "mnist_triplet", {"triplet_mining": "soft_margin"}),
+    ("triplet_batch_hard", "mnist_triplet", {"triplet_mining": "batch_hard"}),
+    ("simclr", "mnist", {}),
+    ("simclr_bn_head", "mnist", {"model.head_norm": "batch"}),
+    ("byol_bn_projector_predictor", "mnist_byol", {}),
+    ("byol_no_bn", "mnist_byol", {"model.head_norm": "none", "model.predictor_norm": "none"}),
+    ("byol_bn_projector", "mnist_byol", {"model.predictor_norm": "none"}),
+    ("byol_bn_predictor", "mnist_byol", {"model.head_norm": "none"}),
+    ("byol_bn_bf16", "mnist_byol", {"dtype": "bfloat16"}),
+]
+
+
+def set_field(config, key, value):
+  *parents, name = key.split(".")
+  for parent in parents:
+    config = config[parent]
+  config[name] = value
+
+
+def check_ablations(out_dir, train, names):
+  """Section 7: each run of ABLATIONS (or those in `names`) trained for 5 epochs at HIGHEST
+  matmul precision (float32 products, as on CPU); the online monitor after each epoch and
+  k-NN train -> test (scikit-learn, euclidean and cosine) of the encoder's features."""
+  from cl_jax import data, evaluation, trainer  # pylint: disable=g-import-not-at-top
+  from cl_jax import models  # pylint: disable=g-import-not-at-top
+  from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from cl_jax.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from cl_jax.evaluator import read_metrics  # pylint: disable=g-import-not-at-top
+  test = data.load_split("mnist", "test")
+  out = {}
+  for name, config_name, overrides in ABLATIONS:
+    if names and name not in names:
+      continue
+    config = quick_config(config_name, dict(num_epochs=5, matmul_precision="highest",
+                                            evaluate_at_end=False, eval_every_epochs=1))
+    for key, value in overrides.items():
+      set_field(config, key, value)
+    workdir = os.path.join(out_dir, f"ablation_{name}")
+    start = time.perf_counter()
+    results = trainer.train_and_evaluate(config, workdir)
+    logged = read_metrics(workdir)
+    checkpointer = Checkpointer(workdir)
+    variables = train_step_lib.eval_variables(checkpointer.restore_tree(results["steps"]))
+    checkpointer.close()
+    model = models.create_model(config)
+    train_x, _ = evaluation.embed(model, variables, train.images, 2000)
+    test_x, _ = evaluation.embed(model, variables, test.images, 2000)
+    out[name] = {
+        "config": config_name, "overrides": overrides, "final_loss": results["final_loss"],
+        "train_seconds": results["train_seconds"],
+        "finite_losses": bool(np.all(np.isfinite([m["loss"] for m in logged if "loss" in m]))),
+        "knn_train_test": evaluation.knn_accuracy(train_x, train.labels, test_x, test.labels, 5),
+        "knn_train_test_cosine": evaluation.knn_accuracy(train_x, train.labels, test_x,
+                                                         test.labels, 5, "cosine"),
+        "monitor": [{k: m[k] for k in m if k.startswith("knn_monitor")}
+                    for m in logged if "knn_monitor" in m],
+        "seconds": time.perf_counter() - start}
+    print(f"  {name}: {json.dumps(out[name])}", flush=True)
+    with open(os.path.join(out_dir, "ablations.json"), "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=1)
+  return out
+
+
 def check_default_run(out_dir, config_name):
   """Section 3: configs/<config_name>.py trained and evaluated end to end."""
   from cl_jax import trainer  # pylint: disable=g-import-not-at-top
@@ -254,7 +323,10 @@ def main():
   parser.add_argument("--sections", default="kernels,precision,run,steps_per_call,throughput")
   parser.add_argument("--config", default="mnist", help="config of the end-to-end run")
   parser.add_argument("--quick", action="store_true", help="a small throughput grid")
+  parser.add_argument("--ablations", default="", help="comma-separated names of section 7's "
+                      "runs (default: all)")
   args = parser.parse_args()
+  args.ablations = [n for n in args.ablations.split(",") if n]
   os.makedirs(args.out, exist_ok=True)
 
   from cl_jax import config_validation, data  # pylint: disable=g-import-not-at-top
@@ -268,6 +340,7 @@ def main():
               "throughput": lambda: check_throughput(args.quick),
               "steps_per_call": lambda: check_steps_per_call(args.out),
               "drift": lambda: check_drift(train),
+              "ablations": lambda: check_ablations(args.out, train, args.ablations),
               "run": lambda: check_default_run(args.out, args.config)}
   for name in args.sections.split(","):
     print(f"== {name}", flush=True)

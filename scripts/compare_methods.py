@@ -17,12 +17,13 @@ import datetime
 import json
 import os
 
+from cl_jax import config_files
+
 # scripts/ is on sys.path when this runs as a script.
 from reproduce import (REPO_ROOT, aggregate, config_seeds, machine, mean_std, minutes,
                        run_details, seeds_note, train, write_lines)
 
-CONFIGS = {"simclr": "mnist", "moco": "mnist_moco", "byol": "mnist_byol",
-           "supcon": "mnist_supcon", "triplet": "mnist_triplet", "margin": "mnist_margin"}
+CONFIGS = config_files.load(os.path.join(REPO_ROOT, "configs", "__init__.py")).METHOD_CONFIGS
 NOTES = {"supcon": "uses the labels: a supervised reference"}
 
 
@@ -89,6 +90,8 @@ def main():
   parser.add_argument("--seeds", type=int, default=1,
                       help="train each method this many times (seeds S, S + 1, ...)")
   args = parser.parse_args()
+  if args.seeds < 1:
+    parser.error(f"--seeds={args.seeds}: must be 1 or more")
 
   runs, reused = {}, []
   for method in args.methods.split(","):

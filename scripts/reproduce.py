@@ -176,6 +176,8 @@ def main():
                       help="train each config this many times (seeds S, S + 1, ...)")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results.md"))
   args = parser.parse_args()
+  if args.seeds < 1:
+    parser.error(f"--seeds={args.seeds}: must be 1 or more")
 
   def train_seeds(config_name, workdir, extra=()):
     return [train(config_name, os.path.join(workdir, f"seed{seed}"), args.data_dir, seed, extra)

@@ -202,8 +202,8 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
   expected = [m["loss"] for m in read_metrics(reference_dir) if "loss" in m]
   assert len(losses) == len(expected) == STEPS
   # Tolerances as in the test above (Gloo sums in another order). Statistics taken over
-  # one process's shard instead of the global batch move the first step's BN outputs, so
-  # the second loss, by far more than this.
+  # one process's shard instead of the global batch change the BN outputs, so the losses
+  # from the first on, by far more than this.
   assert abs(losses[0] - expected[0]) <= FIRST_LOSS_TOLERANCE
   np.testing.assert_allclose(losses, expected, rtol=0, atol=LOSS_TOLERANCE)
   tree = checkpointing.Checkpointer(workdir).restore_tree(STEPS)

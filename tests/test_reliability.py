@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cl_jax import checkpointing
+from cl_jax import default_config
 from cl_jax import evaluator
 from cl_jax import trainer
 from tests.test_trainer import quick_config
@@ -117,6 +118,17 @@ def test_structure_mismatch_fails_loudly_and_keeps_the_checkpoint(tmp_path):
   assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
 
 
+def test_shape_mismatch_fails_loudly_and_keeps_the_checkpoint(tmp_path):
+  """resume=force into a model of another width: the same tree with other shapes. Orbax
+  would read the saved array into the wrong shape (and training fail later, elsewhere)."""
+  checkpointer, tree = small_checkpoints(str(tmp_path))
+  wider = {**tree, "params": {"w": np.arange(20001.0)}}
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"step 2 .*\['params'\]\['w'\] has shape \(20000,\) in the checkpoint"):
+    checkpointer.restore_latest(wider, retry_seconds=0.01)
+  assert sorted(os.listdir(checkpointer.directory)) == ["1", "2"]
+
+
 @pytest.mark.parametrize("damage", ["missing_item_folder", "torn_metadata", "truncated_data"])
 def test_real_corruption_is_set_aside_and_the_previous_step_used(tmp_path, damage):
   """Damage as a torn write leaves it (not a hand-written error): the newest step is moved
@@ -170,6 +182,23 @@ def test_checkpoint_moves_between_device_counts(mnist_data_dir, tmp_path, uninte
   moved = {m["step"]: m["loss"] for m in evaluator.read_metrics(workdir)}
   for step in (20, 24, 28, 32):
     assert moved[step] == pytest.approx(uninterrupted["losses"][step], rel=4e-3), step
+
+
+def test_fields_newer_than_a_saved_config_differ_only_when_not_at_their_default():
+  """A workdir written before `model.head_norm` existed ran without BN: resuming it with
+  the default ("none") is the same run; with "batch" it is another."""
+  defaults = default_config.get_config()
+  saved = json.loads(defaults.to_json())
+  del saved["model"]["head_norm"], saved["triplet_mining"]
+  saved_json = json.dumps(saved)
+  assert checkpointing.config_differences(saved_json, defaults, defaults) == {}
+  changed = default_config.get_config()
+  changed.model.head_norm = "batch"
+  assert checkpointing.config_differences(saved_json, changed, defaults) == {
+      "model.head_norm": (None, "batch")}
+  # Without the defaults every new field is a difference.
+  assert set(checkpointing.config_differences(saved_json, defaults)) == {
+      "model.head_norm", "triplet_mining"}
 
 
 @pytest.mark.slow

@@ -19,8 +19,10 @@ class Triplet(base.PairwiseMethod):
   def check_config(self, config, fail):
     if config.triplet_mining not in MINING:
       fail("triplet_mining", config.triplet_mining, f"allowed: {', '.join(MINING)}")
-    if not config.margin > 0:
+    if config.triplet_mining != "soft_margin" and not config.margin > 0:
       fail("margin", config.margin, "must be > 0")
+    if config.batch_size < 2:
+      fail("batch_size", config.batch_size, "triplet needs 2 or more images (negatives)")
 
   def pairwise(self, z1, z2, batch, config, axis_name):
     # The other view of the same image is the only positive: labels are dataset indices.
