@@ -1,5 +1,8 @@
-"""Batch-hard triplet loss on MNIST, self-supervised (the positive is the other view),
-on the default config's data, views, encoder and schedule.
+"""Triplet loss on MNIST, self-supervised (the positive is the other view), with
+FaceNet's semi-hard negatives, on the default config's data, views, encoder and
+schedule. Batch-hard mining (`--config.triplet_mining=batch_hard`) collapses
+here to the margin early on (93.75% k-NN at 5 epochs against 97.89% semi-hard;
+docs/tuning.md).
 
   python -m cl_jax.train --config configs/mnist_triplet.py --workdir runs/mnist_triplet
 """
@@ -13,5 +16,6 @@ def get_config():
   """Returns the triplet config."""
   config = mnist.get_config()
   config.method = "triplet"
+  config.triplet_mining = "semi_hard"  # the nearest negative farther than the positive
   config.margin = 0.5  # distance between unit vectors (0 to 2)
   return config
