@@ -43,6 +43,10 @@ BAD_INPUTS = [
     ({"monitor_bank_size": 3, "knn_k": 5}, "config.knn_k=5: must be <= 3 (monitor_bank_size)"),
     ({"optimizer": "lamb"}, "config.optimizer='lamb': allowed: adam, adamw, sgd"),
     ({"dtype": "float16"}, "config.dtype='float16': allowed: float32, bfloat16"),
+    ({"model.head_norm": "layer"}, "config.model.head_norm='layer': allowed: none, batch"),
+    ({"model.bn_momentum": 1.0}, "config.model.bn_momentum=1.0: must be in [0, 1)"),
+    ({"method": "triplet", "triplet_mining": "hardest"},
+     "config.triplet_mining='hardest': allowed: batch_hard, semi_hard, soft_margin"),
 ]
 
 
@@ -58,6 +62,15 @@ def test_bad_values_are_named(overrides, message):
   with pytest.raises(config_validation.ConfigError) as info:
     config_validation.validate(config, 8, default_config.get_config())
   assert str(info.value) == message
+
+
+def test_triplet_on_one_image_is_refused():
+  """A global batch of 1 has no negatives (semi-hard's loss was inf); on 1 device."""
+  config = default_config.get_config()
+  config.method, config.batch_size = "triplet", 1
+  with pytest.raises(config_validation.ConfigError) as info:
+    config_validation.validate(config, 1, default_config.get_config())
+  assert str(info.value) == "config.batch_size=1: triplet needs 2 or more images (negatives)"
 
 
 def test_unknown_method_is_refused_without_validation():
