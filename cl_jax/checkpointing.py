@@ -81,16 +81,16 @@ def _flatten(tree, prefix=""):
 def config_differences(saved_config_json, config, defaults=None):
   """Fields (other than RESUMABLE_CHANGES) whose values differ: {field: (saved, now)}.
 
-  A field the saved config lacks (added to the code since) is no difference when its
-  value now is its default in `defaults` (a config): the run it wrote had that behaviour.
+  A field the saved config lacks (added to the code since) counts as its value in
+  `defaults` (a config; each new field's default is what runs did before it existed).
   """
   saved = _flatten(json.loads(saved_config_json))
   now = _flatten(json.loads(config.to_json()))
   default = _flatten(json.loads(defaults.to_json())) if defaults is not None else {}
+  saved = {**{k: v for k, v in default.items() if k not in saved}, **saved}
   return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
           if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_CHANGES
-          and saved.get(k) != now.get(k)
-          and not (k not in saved and k in default and default[k] == now.get(k))}
+          and saved.get(k) != now.get(k)}
 
 
 # TensorStore status codes that mean the stored bytes are missing or damaged (a torn write),

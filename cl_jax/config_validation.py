@@ -107,6 +107,11 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   methods.get(config.method).check_config(config, _fail)
   _check_augment(config.augment)
   _check_model(config.model)
+  if config.model.head_norm != "none" and config.model.projection_dim == 0:
+    _fail("model.head_norm", config.model.head_norm, "there is no head (projection_dim=0)")
+  if config.model.predictor_norm != "none" and not methods.get(config.method).uses_predictor:
+    _fail("model.predictor_norm", config.model.predictor_norm,
+          f"{config.method} has no predictor")
   fit_sizes = {"the seed protocol's fit set": evaluation.SEED_PROTOCOL_FIT}
   if config.eval_every_epochs > 0:
     fit_sizes["monitor_bank_size"] = config.monitor_bank_size

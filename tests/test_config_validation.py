@@ -45,6 +45,10 @@ BAD_INPUTS = [
     ({"dtype": "float16"}, "config.dtype='float16': allowed: float32, bfloat16"),
     ({"model.head_norm": "layer"}, "config.model.head_norm='layer': allowed: none, batch"),
     ({"model.bn_momentum": 1.0}, "config.model.bn_momentum=1.0: must be in [0, 1)"),
+    ({"model.projection_dim": 0, "model.head_norm": "batch"},
+     "config.model.head_norm='batch': there is no head (projection_dim=0)"),
+    ({"model.predictor_norm": "batch"},
+     "config.model.predictor_norm='batch': simclr has no predictor"),
     ({"method": "triplet", "triplet_mining": "hardest"},
      "config.triplet_mining='hardest': allowed: batch_hard, semi_hard, soft_margin"),
 ]
@@ -75,11 +79,11 @@ def test_triplet_on_one_image_is_refused():
 
 def test_unknown_method_is_refused_without_validation():
   """The library called directly (no validate) must not fall through to NT-Xent."""
-  from cl_jax import methods  # pylint: disable=g-import-not-at-top
+  from cl_jax import models  # pylint: disable=g-import-not-at-top
   config = default_config.get_config()
   config.method = "barlow"
   with pytest.raises(ValueError, match="config.method='barlow'"):
-    methods.get(config.method)
+    models.create_model(config)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -145,22 +145,36 @@ PAIRWISE = {
 
 
 def test_semi_hard_falls_back_to_the_farthest_negative():
-  """Anchor 0's positive (its other view) is farther than every negative: no semi-hard
-  negative exists, so the farthest negative is used. 2-D unit vectors at known angles."""
+  """2-D unit views at known angles: image 0 at 0 and 170 degrees, image 1 at 100 and 60.
+  The anchors at 0 and 170 have no negative farther than their positive, so the farthest
+  negative is used; the anchors at 100 and 60 have one. Distances are chords."""
   angle = lambda degrees: [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
   z1 = np.array([angle(0), angle(100)], np.float32)  # views 1 of images 0 and 1
   z2 = np.array([angle(170), angle(60)], np.float32)  # views 2
   labels = np.arange(2, dtype=np.int32)
-  chord = lambda degrees: 2 * math.sin(math.radians(degrees) / 2)
-  # Anchor 0 (at 0 deg): positive at 170 deg; negatives at 100 and 60 deg, both nearer.
-  anchor_0 = max(0.0, chord(170) - chord(100) + 0.5)
+  c = lambda degrees: 2 * math.sin(math.radians(degrees) / 2)
+  relu = lambda x: max(0.0, x)
+  # Anchor at 0: positive at 170 (c170); negatives at 100 (c100) and 60 (c60): fallback c100.
+  # Anchor at 170: positive c170; negatives at 100 (c70) and 60 (c110): fallback c110.
+  # Anchor at 100: positive at 60 (c40); negatives at 0 (c100), 170 (c70): nearest farther c70.
+  # Anchor at 60: positive c40; negatives at 0 (c60), 170 (c110): nearest farther c60.
+  expected = (relu(c(170) - c(100) + 0.5) + relu(c(170) - c(110) + 0.5) +
+              relu(c(40) - c(70) + 0.5) + relu(c(40) - c(60) + 0.5)) / 4
+  # Had the fallback taken the nearest negatives (c60 and c70) instead:
+  nearest_instead = (relu(c(170) - c(60) + 0.5) + relu(c(170) - c(70) + 0.5) +
+                     relu(c(40) - c(70) + 0.5) + relu(c(40) - c(60) + 0.5)) / 4
   got = float(losses.semi_hard_triplet(jnp.asarray(z1), jnp.asarray(z2), labels, 0.5))
-  expected = semi_hard_numpy(z1, z2, labels, 0.5)
-  assert anchor_0 > 0
   np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 chords: 1e-6 relative
-  # The fallback (farthest, 100 deg) and not the nearest (60 deg) for anchor 0.
-  nearest_instead = expected + (chord(100) - chord(60)) / 4
-  assert abs(got - nearest_instead) > 1e-3
+  assert abs(nearest_instead - expected) > 0.1
+  np.testing.assert_allclose(semi_hard_numpy(z1, z2, labels, 0.5), expected, rtol=1e-6)
+
+
+def test_every_method_has_its_config_file():
+  """configs.METHOD_CONFIGS (what compare_methods trains and the quality check runs) names
+  every registered method, and each file configures the method it is listed under."""
+  assert set(METHOD_CONFIGS) == set(methods.METHODS)
+  for method, name in METHOD_CONFIGS.items():
+    assert importlib.import_module(f"configs.{name}").get_config().method == method
 
 
 @pytest.mark.parametrize("name", PAIRWISE)

@@ -75,8 +75,14 @@ def train_command(data_dir, workdir):
 def finish(launched, timeout=600):
   """Waits for both processes; returns [(exit status, stderr)]."""
   finished = []
+  try:
+    for process, _ in launched:
+      process.wait(timeout=timeout)
+  finally:  # a hang must not leave processes behind for the tests that follow
+    for process, _ in launched:
+      if process.poll() is None:
+        process.kill()
   for process, log in launched:
-    process.wait(timeout=timeout)
     with open(log, encoding="utf-8") as f:
       finished.append((process.returncode, f.read()))
   return finished

@@ -195,7 +195,7 @@ def test_fields_newer_than_a_saved_config_differ_only_when_not_at_their_default(
   changed = default_config.get_config()
   changed.model.head_norm = "batch"
   assert checkpointing.config_differences(saved_json, changed, defaults) == {
-      "model.head_norm": (None, "batch")}
+      "model.head_norm": ("none", "batch")}
   # Without the defaults every new field is a difference.
   assert set(checkpointing.config_differences(saved_json, defaults)) == {
       "model.head_norm", "triplet_mining"}
