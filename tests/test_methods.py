@@ -49,15 +49,20 @@ def supcon_numpy(z1, z2, labels, temperature):
   return total / len(z)
 
 
-def triplet_numpy(z1, z2, labels, margin):
+def batch_hard_numpy(z1, z2, labels, per_anchor):
+  """Mean over anchors of per_anchor(hardest positive distance, hardest negative distance)."""
   z, lab = views_and_labels(z1, z2, labels)
   total = 0.0
   for i in range(len(z)):
     d = [np.linalg.norm(z[i] - z[k]) for k in range(len(z))]
     hardest_positive = max(d[p] for p in range(len(z)) if p != i and lab[p] == lab[i])
     hardest_negative = min(d[n] for n in range(len(z)) if lab[n] != lab[i])
-    total += max(0.0, hardest_positive - hardest_negative + margin)
+    total += per_anchor(hardest_positive, hardest_negative)
   return total / len(z)
+
+
+def triplet_numpy(z1, z2, labels, margin):
+  return batch_hard_numpy(z1, z2, labels, lambda dp, dn: max(0.0, dp - dn + margin))
 
 
 def semi_hard_numpy(z1, z2, labels, margin):
@@ -79,14 +84,7 @@ def semi_hard_numpy(z1, z2, labels, margin):
 
 
 def soft_margin_numpy(z1, z2, labels):
-  z, lab = views_and_labels(z1, z2, labels)
-  total = 0.0
-  for i in range(len(z)):
-    d = [np.linalg.norm(z[i] - z[k]) for k in range(len(z))]
-    hardest_positive = max(d[p] for p in range(len(z)) if p != i and lab[p] == lab[i])
-    hardest_negative = min(d[n] for n in range(len(z)) if lab[n] != lab[i])
-    total += math.log1p(math.exp(hardest_positive - hardest_negative))
-  return total / len(z)
+  return batch_hard_numpy(z1, z2, labels, lambda dp, dn: math.log1p(math.exp(dp - dn)))
 
 
 def margin_numpy(z1, z2, labels, margin):
