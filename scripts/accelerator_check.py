@@ -251,13 +251,6 @@ ABLATIONS = [
 ]
 
 
-def set_field(config, key, value):
-  *parents, name = key.split(".")
-  for parent in parents:
-    config = config[parent]
-  config[name] = value
-
-
 def check_ablations(out_dir, train, names):
   """Section 7: each run of ABLATIONS (or those in `names`) trained for 5 epochs at HIGHEST
   matmul precision (float32 products, as on CPU); the online monitor after each epoch and
@@ -274,8 +267,7 @@ def check_ablations(out_dir, train, names):
       continue
     config = quick_config(config_name, dict(num_epochs=5, matmul_precision="highest",
                                             evaluate_at_end=False, eval_every_epochs=1))
-    for key, value in overrides.items():
-      set_field(config, key, value)
+    config.update_from_flattened_dict(overrides)
     workdir = os.path.join(out_dir, f"ablation_{name}")
     start = time.perf_counter()
     results = trainer.train_and_evaluate(config, workdir)

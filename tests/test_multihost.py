@@ -197,12 +197,7 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
     assert status == 0, stderr[-3000:]
   reference_dir = str(tmp_path / "one_process")
   config = quick_config(mnist_data_dir, num_devices=4)
-  for key, value in BN_OVERRIDES.items():
-    section = config
-    *parents, name = key.split(".")
-    for parent in parents:
-      section = section[parent]
-    section[name] = value
+  config.update_from_flattened_dict(BN_OVERRIDES)
   trainer.train_and_evaluate(config, reference_dir)
   losses = [m["loss"] for m in read_metrics(workdir) if "loss" in m]
   expected = [m["loss"] for m in read_metrics(reference_dir) if "loss" in m]
