@@ -27,6 +27,10 @@ def get_config():
   config.augment.shear_degrees = 0.0  # Horizontal shear (slant) drawn from +-this many degrees.
   config.augment.elastic_alpha = 0.0  # Elastic distortion: std of the offsets in pixels; 0 = off.
   config.augment.elastic_grid = 4  # Elastic distortion: offsets drawn on a grid x grid lattice.
+  # Grayscale colour jitter after the warp (torchvision's ColorJitter laws): each view's
+  # brightness factor, then contrast factor, uniform in [max(0, 1 - s), 1 + s]; 0 = off.
+  config.augment.brightness = 0.0  # Brightness strength s (pixels scaled by the factor).
+  config.augment.contrast = 0.0  # Contrast strength s (pixels blended with the view's mean).
 
   # Model: encoder (evaluated) and projection head (trained on only).
   config.model = ml_collections.ConfigDict()
@@ -72,7 +76,8 @@ def get_config():
   config.num_devices = -1  # Use the first this many local devices; -1 = all (of all processes).
   config.seed = 0  # Seeds initialisation, shuffling and augmentation.
   # Training steps per jitted call (a loop on device; calls also end at logs, checkpoints,
-  # monitor points and epoch ends); 0 = automatic: log_every_steps (at most an epoch).
+  # monitor points and epoch ends); 0 = automatic: 1 on CPU (XLA:CPU runs the loop 1.8x
+  # slower, docs/performance.md), else log_every_steps (at most an epoch).
   config.steps_per_call = 0
 
   # Logging and checkpoints.

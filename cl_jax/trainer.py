@@ -86,11 +86,15 @@ def _epoch_permutation(shuffle_key, epoch, num_examples):
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
 
 
-def resolve_steps_per_call(config, steps_per_epoch):
+def resolve_steps_per_call(config, steps_per_epoch, backend=None):
   """config.steps_per_call, with 0 (automatic) = one call per logged interval (the host
-  reads metrics then anyway), at most an epoch."""
+  reads metrics then anyway), at most an epoch; but one step per call on the CPU backend
+  (`backend`; None: JAX's default), where the same steps ran 1.8x slower inside the
+  on-device loop than dispatched one by one (docs/performance.md)."""
   if config.steps_per_call > 0:
     return config.steps_per_call
+  if (backend or jax.default_backend()) == "cpu":
+    return 1
   return max(1, min(config.log_every_steps, steps_per_epoch))
 
 
@@ -117,7 +121,7 @@ class OnDeviceTraining:
     self.data = jax.device_put({"image": images, "label": labels},
                                self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
-    if self.dp.mode == "shard_map":
+    if self.dp.mode == "shard_map" and steps_per_call > 1:
       replicated = self.dp.replicated_sharding()
       self._run = jax.jit(self._run_steps, donate_argnums=0,
                           out_shardings=(replicated, replicated))
@@ -162,10 +166,10 @@ class OnDeviceTraining:
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
-    if self.dp.mode == "shard_map":
+    if self.dp.mode == "shard_map" and self.steps_per_call > 1:
       return self._run(state, self.data, self._permutation, np.int32(step), np.int32(count),
                        augment_key)
-    # pmap (maintenance mode in JAX) keeps one dispatch per step.
+    # One dispatch per step: pmap (maintenance mode in JAX), and one step per call.
     every = []
     for s in range(step, step + count):
       batch = self._select_batch(self.data, self._permutation, s)

@@ -185,7 +185,8 @@ def main():
   parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
   parser.add_argument("--warmup", type=int, default=50, help="untimed steps after the first call")
   parser.add_argument("--steps_per_call", type=int, default=0,
-                      help="cl_jax steps per jitted call; 0 = the trainer's choice (50 here), "
+                      help="cl_jax steps per jitted call; 0 = the trainer's choice (1 on CPU, 50 "
+                      "elsewhere), "
                       "1 = one dispatch per step")
   parser.add_argument("--kernels", default="auto", help="cl_jax config.model.kernels")
   parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])

@@ -106,15 +106,28 @@ def test_forced_resume_keeps_the_checkpoints_schedule(mnist_data_dir, tmp_path):
   assert forced["params_sha256"] == straight["params_sha256"]
 
 
+def test_automatic_steps_per_call_is_one_step_on_cpu_only():
+  """On CPU the on-device loop made training 1.8x slower (docs/performance.md); elsewhere it
+  saves a dispatch per step. An explicit value is kept everywhere."""
+  config = mnist_seed.get_config()
+  assert config.steps_per_call == 0 and config.log_every_steps == 50
+  assert trainer.resolve_steps_per_call(config, 468, "cpu") == 1
+  assert trainer.resolve_steps_per_call(config, 468, "gpu") == 50
+  assert trainer.resolve_steps_per_call(config, 20, "tpu") == 20  # at most an epoch
+  config.steps_per_call = 7
+  assert trainer.resolve_steps_per_call(config, 468, "cpu") == 7
+
+
 @pytest.mark.slow
 def test_steps_per_call_does_not_change_the_run(mnist_data_dir, tmp_path):
-  """One step per jitted call and the automatic several (a loop on device) give the same
-  parameters bit for bit, over epoch ends, logs and checkpoints that do not line up."""
+  """One step per jitted call and several (a loop on device, the automatic choice off the
+  CPU) give the same parameters bit for bit, over epoch ends, logs and checkpoints that do
+  not line up."""
   overrides = dict(max_train_examples=1000, batch_size=64, num_epochs=2, log_every_steps=5,
                    checkpoint_every_steps=7, num_devices=2, lr_schedule="cosine")
   one = trainer.train_and_evaluate(quick_config(mnist_data_dir, steps_per_call=1, **overrides),
                                    str(tmp_path / "one"))
-  many = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides),
+  many = trainer.train_and_evaluate(quick_config(mnist_data_dir, steps_per_call=5, **overrides),
                                     str(tmp_path / "many"))
   assert one["steps_per_call"] == 1 and many["steps_per_call"] == 5 and many["steps"] == 30
   assert many["params_sha256"] == one["params_sha256"]
