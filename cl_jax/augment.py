@@ -1,5 +1,6 @@
 """On-device view augmentation: per-example random resized crop, rotation and shear as one
-affine warp, optionally with an elastic distortion added to the sampling grid."""
+affine warp, optionally with an elastic distortion added to the sampling grid, then
+optionally a random brightness and contrast (grayscale colour jitter)."""
 
 import functools
 import math
@@ -84,6 +85,25 @@ def elastic_displacement(key, height, width, alpha, grid):
   return jax.image.resize(coarse, (height, width, 2), method="cubic")
 
 
+def jitter_intensity(image, brightness_factor, contrast_factor):
+  """torchvision's `adjust_brightness` then `adjust_contrast` of a grayscale image in [0, 1].
+
+  Brightness scales every pixel; contrast blends the image with its mean; each result
+  is clipped to [0, 1] (a factor of 1 leaves the image unchanged).
+  """
+  image = jnp.clip(image * brightness_factor, 0.0, 1.0)
+  mean = jnp.mean(image)
+  return jnp.clip(contrast_factor * image + (1 - contrast_factor) * mean, 0.0, 1.0)
+
+
+def sample_intensity_factors(key, brightness, contrast):
+  """Brightness and contrast factors, uniform in [max(0, 1 - s), 1 + s] (torchvision's law)."""
+  k_brightness, k_contrast = jax.random.split(key)
+  def factor(k, strength):
+    return jax.random.uniform(k, minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+  return factor(k_brightness, brightness), factor(k_contrast, contrast)
+
+
 def random_view(key, image, config):
   """One random view of a uint8 image [H, W, C], as float32 in [0, 1]."""
   height, width, _ = image.shape
@@ -96,8 +116,15 @@ def random_view(key, image, config):
   if config.elastic_alpha > 0:
     displacement = elastic_displacement(k_elastic, height, width, config.elastic_alpha,
                                         config.elastic_grid)
-  return warp_affine(image.astype(jnp.float32) / 255.0,
+  view = warp_affine(image.astype(jnp.float32) / 255.0,
                      affine_matrix(height, width, crop_box, angle, shear), displacement)
+  if config.brightness > 0 or config.contrast > 0:
+    # A key of its own, so that configs without intensity jitter draw the views they
+    # always drew (the three keys above are unchanged).
+    factors = sample_intensity_factors(jax.random.fold_in(key, 1), config.brightness,
+                                       config.contrast)
+    view = jitter_intensity(view, *factors)
+  return view
 
 
 def two_views(images, keys, config):

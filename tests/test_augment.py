@@ -11,10 +11,12 @@ from cl_jax import augment
 warp = jax.jit(augment.warp_affine)
 
 
-def augment_config(scale=(0.5, 1.0), degrees=20.0, shear=10.0, elastic_alpha=1.0):
+def augment_config(scale=(0.5, 1.0), degrees=20.0, shear=10.0, elastic_alpha=1.0,
+                   brightness=0.0, contrast=0.0):
   return ml_collections.ConfigDict(
       {"crop_scale": scale, "crop_ratio": (3 / 4, 4 / 3), "rotation_degrees": degrees,
-       "shear_degrees": shear, "elastic_alpha": elastic_alpha, "elastic_grid": 4})
+       "shear_degrees": shear, "elastic_alpha": elastic_alpha, "elastic_grid": 4,
+       "brightness": brightness, "contrast": contrast})
 
 
 def random_image(seed=0, shape=(28, 28, 1)):
@@ -151,3 +153,64 @@ def test_elastic_field_is_smooth_and_scaled():
   assert 1.0 < fields.std() < 2.5
   # ...and smooth: neighbouring pixels move almost together.
   assert np.abs(np.diff(fields, axis=1)).mean() < 0.2 * np.abs(fields).mean()
+
+
+def digit_like_image():
+  """Exact-zero background, saturated strokes (1.0) and a grey edge: the values where
+  clipping and the contrast's mean matter."""
+  image = np.zeros((28, 28, 1), np.float32)
+  image[6:22, 12:16] = 1.0
+  image[6:22, 11] = 0.5
+  image[6:22, 16] = 0.25
+  return image
+
+
+def jitter_numpy(image, brightness_factor, contrast_factor):
+  """torchvision's adjust_brightness then adjust_contrast (one channel), in float64."""
+  image = np.clip(image.astype(np.float64) * brightness_factor, 0.0, 1.0)
+  mean = image.mean()
+  return np.clip(contrast_factor * image + (1 - contrast_factor) * mean, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("factors", [(1.0, 1.0), (1.6, 1.0), (0.4, 1.0), (1.0, 1.8),
+                                     (1.0, 0.3), (1.3, 1.5), (0.7, 0.0), (0.0, 1.2)])
+def test_intensity_jitter_matches_torchvision_formulas(factors):
+  image = digit_like_image()
+  got = np.asarray(jax.jit(augment.jitter_intensity)(image, *factors))
+  np.testing.assert_allclose(got, jitter_numpy(image, *factors), atol=1e-6)  # float32
+  assert got.min() >= 0.0 and got.max() <= 1.0
+
+
+@pytest.mark.parametrize("strength", [0.4, 1.5])
+def test_intensity_factors_follow_torchvision_law(strength):
+  keys = jax.random.split(jax.random.key(3), 4000)
+  brightness, contrast = map(np.asarray, jax.vmap(
+      lambda k: augment.sample_intensity_factors(k, strength, strength))(keys))
+  low, high = max(0.0, 1.0 - strength), 1.0 + strength
+  for factors in (brightness, contrast):
+    assert factors.min() >= low and factors.max() <= high
+    # Uniform on [low, high]: mean and std within ~5 standard errors.
+    assert abs(factors.mean() - (low + high) / 2) < 0.03 * (high - low)
+    assert abs(factors.std() - (high - low) / np.sqrt(12)) < 0.03 * (high - low)
+  assert abs(np.corrcoef(brightness, contrast)[0, 1]) < 0.06  # drawn independently
+
+
+def test_brightness_scales_each_view_without_moving_it():
+  """With only brightness on, a view is its un-jittered self times one factor (clipped):
+  same crop, angle, shear and elastic field, so the jitter draws from its own key."""
+  image = (digit_like_image() * 255).astype(np.uint8)
+  images = np.repeat(image[None], 32, axis=0)
+  keys = jax.random.split(jax.random.key(5), 32)
+  def first_views(config):
+    views = jax.jit(lambda i, k: augment.two_views(i, k, config))(images, keys)
+    return np.asarray(views[0], np.float64)
+  plain, bright = first_views(augment_config()), first_views(augment_config(brightness=0.5))
+  factors = []
+  for p, b in zip(plain, bright):
+    unclipped = (p > 1e-3) & (b < 1 - 1e-6)
+    ratio = b[unclipped] / p[unclipped]
+    np.testing.assert_allclose(ratio, ratio.mean(), rtol=1e-4)  # one factor per view
+    np.testing.assert_array_equal(b[p == 0], 0.0)  # the background stays black
+    factors.append(ratio.mean())
+  assert 0.5 - 1e-4 <= min(factors) and max(factors) <= 1.5 + 1e-4
+  assert np.std(factors) > 0.1  # views draw different factors

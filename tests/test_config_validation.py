@@ -25,6 +25,8 @@ BAD_INPUTS = [
     ({"augment.crop_ratio": (1.5, 0.5)}, "config.augment.crop_ratio=(1.5, 0.5): need 0 < min <= max"),
     ({"augment.shear_degrees": 90.0}, "config.augment.shear_degrees=90.0: must be in [0, 90)"),
     ({"augment.elastic_grid": 0}, "config.augment.elastic_grid=0: must be a positive integer"),
+    ({"augment.brightness": -0.2}, "config.augment.brightness=-0.2: must be >= 0"),
+    ({"augment.contrast": -1.0}, "config.augment.contrast=-1.0: must be >= 0"),
     ({"augment.rotation_degrees": -1.0}, "config.augment.rotation_degrees=-1.0: must be >= 0"),
     ({"model.conv_features": (16, 0)},
      "config.model.conv_features=(16, 0): every width must be a positive integer"),
