@@ -14,14 +14,13 @@ each cell the mean ± sample standard deviation over the seeds.
 
 import argparse
 import datetime
-import json
 import os
 
 from cl_jax import config_files
 
 # scripts/ is on sys.path when this runs as a script.
 from reproduce import (REPO_ROOT, aggregate, config_seeds, machine, mean_std, minutes,
-                       run_details, seeds_note, train, write_lines)
+                       run_details, seeds_note, train_or_reuse, write_lines)
 
 CONFIGS = config_files.load(os.path.join(REPO_ROOT, "configs", "__init__.py")).METHOD_CONFIGS
 NOTES = {"supcon": "uses the labels: a supervised reference"}
@@ -97,17 +96,13 @@ def main():
   for method in args.methods.split(","):
     runs[method] = []
     for seed in config_seeds(CONFIGS[method], args.seeds):
-      workdir = os.path.join(args.workdir, method, f"seed{seed}")
-      run_file = os.path.join(workdir, f"comparison_{args.num_epochs}_epochs.json")
-      if args.reuse and os.path.exists(run_file):
-        with open(run_file, encoding="utf-8") as f:
-          runs[method].append(json.load(f))
+      results, was_reused = train_or_reuse(
+          CONFIGS[method], os.path.join(args.workdir, method, f"seed{seed}"), args.data_dir,
+          seed, [f"--config.num_epochs={args.num_epochs}"],
+          f"comparison_{args.num_epochs}_epochs.json", args.reuse)
+      runs[method].append(results)
+      if was_reused:
         reused.append(f"{method}, seed {seed}")
-        continue
-      runs[method].append(train(CONFIGS[method], workdir, args.data_dir, seed,
-                                [f"--config.num_epochs={args.num_epochs}"]))
-      with open(run_file, "w", encoding="utf-8") as f:
-        json.dump(runs[method][-1], f, indent=2)
   write_report(args.out, runs, next(iter(runs.values()))[0]["raw_pixels"], args.num_epochs,
                args.data_dir, args.seeds, reused)
   print(open(args.out, encoding="utf-8").read())

@@ -1,7 +1,7 @@
 """Runs the reference and the default MNIST configs and writes docs/results.md.
 
   python scripts/reproduce.py [--data_dir TFDS_DIR] [--workdir runs/reproduce]
-         [--configs mnist_seed,mnist] [--ablation] [--seeds N]
+         [--configs mnist_seed,mnist] [--ablation] [--seeds N] [--reuse]
 
 Each config is trained from scratch with `python -m cl_jax.train` (evaluation
 included) N times, with the config's own seed S and S + 1, ..., S + N - 1, in
@@ -10,7 +10,9 @@ deviation over the seeds, every number from the runs' results.json, and the
 raw-pixel baseline from the same evaluation. With --ablation, each listed
 variant of the default config (one change undone) is run too. Same config and
 seed on the same machine give the same numbers: the run details show each run's
-params_sha256 so a re-run can be compared byte for byte.
+params_sha256 so a re-run can be compared byte for byte. With --reuse, a run
+finished by an earlier invocation (its WORKDIR/.../seed<S>/reproduce_run.json) is
+taken instead of trained again, so a long reproduction can be resumed.
 """
 
 import argparse
@@ -72,6 +74,19 @@ def train(config_name, workdir, data_dir, seed, extra=()):
   return results
 
 
+def train_or_reuse(config_name, workdir, data_dir, seed, extra, run_file, reuse):
+  """`train`, keeping its results in WORKDIR/`run_file`; with `reuse`, a run file written
+  earlier is read instead of training again. Returns (results, whether reused)."""
+  path = os.path.join(workdir, run_file)
+  if reuse and os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f), True
+  results = train(config_name, workdir, data_dir, seed, extra)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  return results, False
+
+
 def aggregate(runs):
   """{key: (mean, sample standard deviation)} of each number that every results dict in
   `runs` (one per seed) holds; the deviation is None for a single run."""
@@ -116,8 +131,9 @@ def machine():
           f"{', '.join(sorted({d.device_kind for d in jax.devices()}))} x{jax.device_count()}")
 
 
-def write_report(path, runs, raw, num_seeds):
-  """runs: {row name: [results dict of each seed]}."""
+def write_report(path, runs, raw, num_seeds, reused=()):
+  """runs: {row name: [results dict of each seed]}; reused: "row, seed S" of the runs taken
+  from an earlier invocation."""
   lines = [
       "# Representation quality on MNIST",
       "",
@@ -125,6 +141,11 @@ def write_report(path, runs, raw, num_seeds):
       "(`python scripts/reproduce.py [--data_dir TFDS_DIR]`); each config trained from "
       "scratch, then evaluated.",
       f"Machine: {machine()}.",
+  ]
+  if reused:
+    lines.append(f"Runs taken from earlier runs of this script (`--reuse`): {'; '.join(reused)}; "
+                 "the others trained in this run.")
+  lines += [
       "",
       "k = 5 throughout. `seed`: k-NN fit on the first 8,000 test images, predicting the last",
       "2,000 (the replaced example's protocol; \"first\" in the canonical order of",
@@ -175,21 +196,34 @@ def main():
   parser.add_argument("--seeds", type=int, default=1,
                       help="train each config this many times (seeds S, S + 1, ...)")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results.md"))
+  parser.add_argument("--reuse", action="store_true",
+                      help="take a run of a seed finished by an earlier run of this script in "
+                      "WORKDIR instead of training it again")
   args = parser.parse_args()
   if args.seeds < 1:
     parser.error(f"--seeds={args.seeds}: must be 1 or more")
 
-  def train_seeds(config_name, workdir, extra=()):
-    return [train(config_name, os.path.join(workdir, f"seed{seed}"), args.data_dir, seed, extra)
-            for seed in config_seeds(config_name, args.seeds)]
+  reused = []
+
+  def train_seeds(row, config_name, workdir, extra=()):
+    runs = []
+    for seed in config_seeds(config_name, args.seeds):
+      results, was_reused = train_or_reuse(config_name, os.path.join(workdir, f"seed{seed}"),
+                                           args.data_dir, seed, extra, "reproduce_run.json",
+                                           args.reuse)
+      runs.append(results)
+      if was_reused:
+        reused.append(f"{row}, seed {seed}")
+    return runs
   runs = {}
   for name in args.configs.split(","):
-    runs[name] = train_seeds(name, os.path.join(args.workdir, name))
+    runs[name] = train_seeds(name, name, os.path.join(args.workdir, name))
   if args.ablation:
     for name, overrides in ABLATIONS.items():
-      runs[f"mnist, {name}"] = train_seeds("mnist", os.path.join(args.workdir, name), overrides)
+      row = f"mnist, {name}"
+      runs[row] = train_seeds(row, "mnist", os.path.join(args.workdir, name), overrides)
   raw = next(iter(runs.values()))[0]["raw_pixels"]
-  write_report(args.out, runs, raw, args.seeds)
+  write_report(args.out, runs, raw, args.seeds, reused)
   print(open(args.out, encoding="utf-8").read())
 
 

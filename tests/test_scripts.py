@@ -154,3 +154,25 @@ def test_compare_methods_over_seeds_and_reuse(scripts, tmp_path, monkeypatch):
   listed = [f"{method}, seed {config.get_config().seed + i}"
             for method, config in (("byol", mnist_byol), ("simclr", mnist)) for i in range(2)]
   assert f"(`--reuse`): {'; '.join(listed)};" in again
+
+
+def test_reproduce_resumes_with_reuse(scripts, tmp_path, monkeypatch):
+  """An interrupted reproduction (one seed's run missing) trains only that seed again."""
+  reproduce, _ = scripts
+  out, workdir = tmp_path / "results.md", tmp_path / "runs"
+  argv = ["reproduce.py", "--configs", "mnist_seed", "--seeds", "2", "--workdir", str(workdir),
+          "--out", str(out)]
+  monkeypatch.setattr(sys, "argv", argv)
+  reproduce.main()
+  first = out.read_text(encoding="utf-8")
+  seeds = [mnist_seed.get_config().seed + i for i in range(2)]
+  os.remove(workdir / "mnist_seed" / f"seed{seeds[1]}" / "reproduce_run.json")
+
+  monkeypatch.setattr(sys, "argv", argv + ["--reuse"])
+  reproduce.main()
+  assert len(reproduce.commands) == 3  # two, then only the missing seed
+  assert f"--config.seed={seeds[1]}" in reproduce.commands[-1]
+  again = out.read_text(encoding="utf-8")
+  assert row_of(again, "| `mnist_seed` |")[:6] == row_of(first, "| `mnist_seed` |")[:6]
+  assert f"(`--reuse`): mnist_seed, seed {seeds[0]};" in again
+  assert "--reuse" not in first
