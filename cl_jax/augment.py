@@ -89,7 +89,10 @@ def jitter_intensity(image, brightness_factor, contrast_factor):
   """torchvision's `adjust_brightness` then `adjust_contrast` of a grayscale image in [0, 1].
 
   Brightness scales every pixel; contrast blends the image with its mean; each result
-  is clipped to [0, 1] (a factor of 1 leaves the image unchanged).
+  is clipped to [0, 1] (a factor of 1 leaves the image unchanged). One channel, as the
+  datasets here have: for RGB torchvision blends with the luma mean instead. The order
+  is fixed (torchvision's ColorJitter draws one) and the jitter always applies (SimCLR
+  applies its colour jitter with probability 0.8).
   """
   image = jnp.clip(image * brightness_factor, 0.0, 1.0)
   mean = jnp.mean(image)
@@ -102,6 +105,13 @@ def sample_intensity_factors(key, brightness, contrast):
   def factor(k, strength):
     return jax.random.uniform(k, minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
   return factor(k_brightness, brightness), factor(k_contrast, contrast)
+
+
+def intensity_key(key):
+  """The key of a view's intensity jitter: `fold_in(key, 3)`, which no other draw of the
+  view uses (under JAX's partitionable threefry it is `split(key, 4)[3]`, and the warp
+  uses `split(key, 3)`), so configs without jitter draw the views they always drew."""
+  return jax.random.fold_in(key, 3)
 
 
 def random_view(key, image, config):
@@ -119,9 +129,7 @@ def random_view(key, image, config):
   view = warp_affine(image.astype(jnp.float32) / 255.0,
                      affine_matrix(height, width, crop_box, angle, shear), displacement)
   if config.brightness > 0 or config.contrast > 0:
-    # A key of its own, so that configs without intensity jitter draw the views they
-    # always drew (the three keys above are unchanged).
-    factors = sample_intensity_factors(jax.random.fold_in(key, 1), config.brightness,
+    factors = sample_intensity_factors(intensity_key(key), config.brightness,
                                        config.contrast)
     view = jitter_intensity(view, *factors)
   return view

@@ -86,14 +86,14 @@ def _epoch_permutation(shuffle_key, epoch, num_examples):
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
 
 
-def resolve_steps_per_call(config, steps_per_epoch, backend=None):
+def resolve_steps_per_call(config, steps_per_epoch, platform):
   """config.steps_per_call, with 0 (automatic) = one call per logged interval (the host
-  reads metrics then anyway), at most an epoch; but one step per call on the CPU backend
-  (`backend`; None: JAX's default), where the same steps ran 1.8x slower inside the
-  on-device loop than dispatched one by one (docs/performance.md)."""
+  reads metrics then anyway), at most an epoch; but one step per call on the devices'
+  `platform` "cpu", where the same steps ran 1.8x slower inside the on-device loop than
+  dispatched one by one (docs/performance.md)."""
   if config.steps_per_call > 0:
     return config.steps_per_call
-  if (backend or jax.default_backend()) == "cpu":
+  if platform == "cpu":
     return 1
   return max(1, min(config.log_every_steps, steps_per_epoch))
 
@@ -105,8 +105,9 @@ class OnDeviceTraining:
   step gathers its global batch on device, then runs the mapped train step
   with the key `fold_in(augment_key, step)`. `run` does up to `steps_per_call`
   consecutive steps of one epoch in one jitted call (a `fori_loop` on device:
-  no Python dispatch or host sync between them). Nothing depends on earlier
-  calls but the cached permutation, so any step can be run first (resuming).
+  no Python dispatch or host sync between them), or with `steps_per_call=1` one
+  jitted step. Nothing depends on earlier calls but the cached permutation, so
+  any step can be run first (resuming).
   """
 
   def __init__(self, config, devices, images, labels, schedule_steps, steps_per_call=1):
@@ -297,7 +298,7 @@ def train_and_evaluate(config, workdir):
   total_steps = schedule_steps if config.max_steps < 0 else min(schedule_steps, config.max_steps)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
-  steps_per_call = resolve_steps_per_call(config, steps_per_epoch)
+  steps_per_call = resolve_steps_per_call(config, steps_per_epoch, devices[0].platform)
   training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps,
                               steps_per_call)
   dp = training.dp

@@ -42,7 +42,7 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, ke
   images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
   labels = np.zeros(NUM_IMAGES, np.int32)  # SimCLR does not read them
   steps_per_epoch = NUM_IMAGES // batch_size
-  per_call = trainer.resolve_steps_per_call(config, steps_per_epoch)
+  per_call = trainer.resolve_steps_per_call(config, steps_per_epoch, devices[0].platform)
   training = trainer.OnDeviceTraining(config, devices, images, labels, 10 * steps_per_epoch,
                                       per_call)
   model = models.create_model(config)
@@ -185,8 +185,8 @@ def main():
   parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
   parser.add_argument("--warmup", type=int, default=50, help="untimed steps after the first call")
   parser.add_argument("--steps_per_call", type=int, default=0,
-                      help="cl_jax steps per jitted call; 0 = the trainer's choice (1 on CPU, 50 "
-                      "elsewhere), "
+                      help="cl_jax steps per jitted call; 0 = the trainer's choice (1 on CPU, "
+                      "elsewhere log_every_steps, at most an epoch), "
                       "1 = one dispatch per step")
   parser.add_argument("--kernels", default="auto", help="cl_jax config.model.kernels")
   parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])

@@ -57,33 +57,48 @@ def config_seeds(config_name, count):
   return list(range(first, first + count))
 
 
-def train(config_name, workdir, data_dir, seed, extra=()):
+def train_command(config_name, workdir, data_dir, seed, extra=()):
+  """The `python -m cl_jax.train` command line of one run, as a list."""
   command = [sys.executable, "-m", "cl_jax.train", "--config", f"configs/{config_name}.py",
              "--workdir", workdir, "--config.progress_bar=False", *extra,
              f"--config.seed={seed}"]
   if data_dir:
     command.append(f"--config.data_dir={data_dir}")
+  return command
+
+
+def shown(command):
+  """A command as the reports show it (and as reuse compares it)."""
+  return " ".join(["python -m cl_jax.train"] + command[3:])
+
+
+def train(config_name, workdir, data_dir, seed, extra=()):
+  command = train_command(config_name, workdir, data_dir, seed, extra)
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.time()
   subprocess.run(command, cwd=REPO_ROOT, check=True)
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   results["wall_seconds"] = time.time() - start
-  results["command"] = " ".join(["python -m cl_jax.train"] + command[3:])
+  results["command"] = shown(command)
   results["seed"] = seed
   return results
 
 
 def train_or_reuse(config_name, workdir, data_dir, seed, extra, run_file, reuse):
   """`train`, keeping its results in WORKDIR/`run_file`; with `reuse`, a run file written
-  earlier is read instead of training again. Returns (results, whether reused)."""
+  earlier by the same command is read instead of training again (the code it ran is
+  not checked: reuse within one version). Returns (results, whether reused)."""
   path = os.path.join(workdir, run_file)
   if reuse and os.path.exists(path):
     with open(path, encoding="utf-8") as f:
-      return json.load(f), True
+      results = json.load(f)
+    if results["command"] == shown(train_command(config_name, workdir, data_dir, seed, extra)):
+      return results, True
   results = train(config_name, workdir, data_dir, seed, extra)
-  with open(path, "w", encoding="utf-8") as f:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:  # a kill leaves no half file
     json.dump(results, f, indent=2)
+  os.replace(path + ".tmp", path)
   return results, False
 
 

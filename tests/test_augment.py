@@ -195,6 +195,19 @@ def test_intensity_factors_follow_torchvision_law(strength):
   assert abs(np.corrcoef(brightness, contrast)[0, 1]) < 0.06  # drawn independently
 
 
+def test_intensity_jitter_key_is_used_by_no_other_draw():
+  """fold_in(key, 1) would have been split(key, 3)[1], the shear's key (partitionable
+  threefry): the same random bits drawn twice."""
+  for seed in range(20):
+    key = jax.random.key(seed)
+    warp_keys = list(jax.random.split(key, 3))
+    used = [key] + warp_keys + list(jax.random.split(warp_keys[0], 5))
+    jitter = augment.intensity_key(key)
+    jitter_keys = [jitter] + list(jax.random.split(jitter))
+    used_data = {tuple(np.asarray(jax.random.key_data(k))) for k in used}
+    assert not used_data & {tuple(np.asarray(jax.random.key_data(k))) for k in jitter_keys}
+
+
 def test_brightness_scales_each_view_without_moving_it():
   """With only brightness on, a view is its un-jittered self times one factor (clipped):
   same crop, angle, shear and elastic field, so the jitter draws from its own key."""

@@ -44,11 +44,15 @@ def steps_on_disk(workdir):
 
 
 @pytest.mark.slow
-def test_non_finite_stops_at_that_step_and_keeps_good_checkpoint(mnist_data_dir, tmp_path):
+@pytest.mark.parametrize("calls", [
+    dict(checkpoint_every_steps=1),  # CPU's automatic one step per call
+    # The accelerators' loop of steps: step 1 is the first of a call of 4.
+    dict(steps_per_call=4, log_every_steps=4, checkpoint_every_steps=4)])
+def test_non_finite_stops_at_that_step_and_keeps_good_checkpoint(mnist_data_dir, tmp_path, calls):
   # SGD with lr 1e30 overflows the parameters at the first update (step 1).
   workdir = str(tmp_path / "nan")
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite values at step 1:"):
-    run(mnist_data_dir, workdir, optimizer="sgd", learning_rate=1e30, checkpoint_every_steps=1)
+    run(mnist_data_dir, workdir, optimizer="sgd", learning_rate=1e30, **calls)
   assert steps_on_disk(workdir) == []  # the broken state was never written
 
 

@@ -176,3 +176,9 @@ def test_reproduce_resumes_with_reuse(scripts, tmp_path, monkeypatch):
   assert row_of(again, "| `mnist_seed` |")[:6] == row_of(first, "| `mnist_seed` |")[:6]
   assert f"(`--reuse`): mnist_seed, seed {seeds[0]};" in again
   assert "--reuse" not in first
+
+  # Another command (here another data dir) is not the same run: trained again.
+  monkeypatch.setattr(sys, "argv", argv + ["--reuse", "--data_dir", str(tmp_path / "tfds")])
+  reproduce.main()
+  assert len(reproduce.commands) == 5
+  assert "--reuse" not in out.read_text(encoding="utf-8")
