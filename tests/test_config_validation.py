@@ -7,8 +7,11 @@ import threading
 
 import pytest
 
+from cl_jax import config_files
 from cl_jax import config_validation
 from cl_jax import default_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (override, expected message). The same table is in docs/reliability.md.
 BAD_INPUTS = [
@@ -111,6 +114,15 @@ def test_unknown_keys_are_refused():
 
 def test_defaults_are_valid():
   config_validation.validate(default_config.get_config(), 8, default_config.get_config())
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if not f.startswith("_")
+    and f.endswith(".py")))
+def test_every_config_file_is_valid(name):
+  """Each file in configs/ loads and passes validation (a misspelt field is refused)."""
+  config = config_files.load(os.path.join(ROOT, "configs", f"{name}.py")).get_config()
+  config_validation.validate(config, 8, default_config.get_config())
 
 
 def test_unwritable_workdir(tmp_path):
