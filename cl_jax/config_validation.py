@@ -133,7 +133,7 @@ def _check_augment(augment):
   if not 0 < lo <= hi:
     _fail("augment.crop_ratio", tuple(augment.crop_ratio), "need 0 < min <= max")
   for field in ("rotation_degrees", "elastic_alpha", "brightness", "contrast"):
-    if augment[field] < 0:
+    if not augment[field] >= 0:  # NaN too
       _fail(f"augment.{field}", augment[field], "must be >= 0")
   if not 0 <= augment.shear_degrees < 90:  # tan(90 degrees) is infinite
     _fail("augment.shear_degrees", augment.shear_degrees, "must be in [0, 90)")

@@ -30,6 +30,7 @@ BAD_INPUTS = [
     ({"augment.elastic_grid": 0}, "config.augment.elastic_grid=0: must be a positive integer"),
     ({"augment.brightness": -0.2}, "config.augment.brightness=-0.2: must be >= 0"),
     ({"augment.contrast": -1.0}, "config.augment.contrast=-1.0: must be >= 0"),
+    ({"augment.brightness": float("nan")}, "config.augment.brightness=nan: must be >= 0"),
     ({"augment.rotation_degrees": -1.0}, "config.augment.rotation_degrees=-1.0: must be >= 0"),
     ({"model.conv_features": (16, 0)},
      "config.model.conv_features=(16, 0): every width must be a positive integer"),
