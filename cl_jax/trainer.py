@@ -122,6 +122,7 @@ class OnDeviceTraining:
     self.data = jax.device_put({"image": images, "label": labels},
                                self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
+    self._run = None  # the on-device loop, for shard_map with several steps a call
     if self.dp.mode == "shard_map" and steps_per_call > 1:
       replicated = self.dp.replicated_sharding()
       self._run = jax.jit(self._run_steps, donate_argnums=0,
@@ -167,7 +168,7 @@ class OnDeviceTraining:
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
-    if self.dp.mode == "shard_map" and self.steps_per_call > 1:
+    if self._run is not None:
       return self._run(state, self.data, self._permutation, np.int32(step), np.int32(count),
                        augment_key)
     # One dispatch per step: pmap (maintenance mode in JAX), and one step per call.
