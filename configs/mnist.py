@@ -5,9 +5,11 @@
 The reference set-up (configs/mnist_seed.py: SimpleCNN, batch 128, Adam 1e-3,
 t = 0.5, crop 0.8-1.0, rotation 10) plus the augmentations that make views of
 one digit differ the way handwriting does: a random slant (shear) and a small
-elastic distortion; and 20 epochs with a cosine learning-rate decay after one
-warm-up epoch. docs/results.md has the numbers of record, docs/tuning.md what
-each change bought.
+elastic distortion; 20 epochs with a cosine learning-rate decay after one
+warm-up epoch; and temperature 1.0 (softer than 0.5 towards the nearest
+negatives, which on MNIST are often the same digit by another hand).
+docs/results.md has the numbers of record, docs/tuning.md what each change
+bought.
 """
 
 from cl_jax import config_files
@@ -24,4 +26,5 @@ def get_config():
   config.num_epochs = 20
   config.lr_schedule = "cosine"
   config.warmup_epochs = 1.0
+  config.temperature = 1.0
   return config
