@@ -11,8 +11,9 @@ raw-pixel baseline from the same evaluation. With --ablation, each listed
 variant of the default config (one change undone) is run too. Same config and
 seed on the same machine give the same numbers: the run details show each run's
 params_sha256 so a re-run can be compared byte for byte. With --reuse, a run
-finished by an earlier invocation (its WORKDIR/.../seed<S>/reproduce_run.json) is
-taken instead of trained again, so a long reproduction can be resumed.
+finished by an earlier invocation (its WORKDIR/.../seed<S>/reproduce_run.json) with
+the same command and config (its config.json) is taken instead of trained again, so
+a long reproduction can be resumed.
 """
 
 import argparse
@@ -25,6 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+from absl import flags
+from ml_collections import config_flags
 
 from cl_jax import config_files
 
@@ -72,6 +76,28 @@ def shown(command):
   return " ".join(["python -m cl_jax.train"] + command[3:])
 
 
+def command_config(command):
+  """The config a `train_command` trains with: its config file and `--config.` overrides,
+  parsed by ml_collections as `cl_jax.train` parses them."""
+  argv = ["train", "--config", os.path.join(REPO_ROOT, command[command.index("--config") + 1]),
+          *(arg for arg in command if arg.startswith("--config."))]
+  flag_values = flags.FlagValues()
+  # The override flags (--config.KEY) are defined from the argv given here.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def ran_same_config(workdir, command):
+  """Whether WORKDIR/config.json (the config its run trained with, written by the trainer)
+  is the config `command` gives now: catches a config file edited since the run."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    return json.load(f) == json.loads(command_config(command).to_json())
+
+
 def train(config_name, workdir, data_dir, seed, extra=()):
   command = train_command(config_name, workdir, data_dir, seed, extra)
   shutil.rmtree(workdir, ignore_errors=True)
@@ -87,13 +113,15 @@ def train(config_name, workdir, data_dir, seed, extra=()):
 
 def train_or_reuse(config_name, workdir, data_dir, seed, extra, run_file, reuse):
   """`train`, keeping its results in WORKDIR/`run_file`; with `reuse`, a run file written
-  earlier by the same command is read instead of training again (the code it ran is
-  not checked: reuse within one version). Returns (results, whether reused)."""
+  earlier by the same command with the same config is read instead of training again
+  (the library code it ran is not checked: reuse within one version). Returns (results,
+  whether reused)."""
   path = os.path.join(workdir, run_file)
+  command = train_command(config_name, workdir, data_dir, seed, extra)
   if reuse and os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
-    if results["command"] == shown(train_command(config_name, workdir, data_dir, seed, extra)):
+    if results["command"] == shown(command) and ran_same_config(workdir, command):
       return results, True
   results = train(config_name, workdir, data_dir, seed, extra)
   with open(path + ".tmp", "w", encoding="utf-8") as f:  # a kill leaves no half file

@@ -1,6 +1,7 @@
 """scripts/reproduce.py and scripts/compare_methods.py over several seeds, with training replaced
 by made-up results.json files (nothing is trained): aggregation, tables, workdirs, reuse."""
 
+import ast
 import json
 import os
 import sys
@@ -8,11 +9,33 @@ import sys
 import numpy as np
 import pytest
 
+from cl_jax import config_files
 from configs import mnist, mnist_byol, mnist_seed
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO_ROOT, "scripts")
 METRICS = ("knn_seed", "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine",
            "linear_probe")
+
+
+def trained_config_json(command):
+  """The config.json the trainer writes for a train command line: the config file's
+  get_config() with each --config.KEY=VALUE set (a Python literal, else a string)."""
+  config = config_files.load(os.path.join(REPO_ROOT, command[command.index("--config") + 1]))
+  config = config.get_config()
+  for arg in command:
+    if arg.startswith("--config."):
+      key, value = arg[len("--config."):].split("=", 1)
+      *parents, leaf = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        pass  # a path
+      node[leaf] = value
+  return config.to_json()
 
 
 def made_up_results(workdir, seed):
@@ -42,6 +65,8 @@ def scripts(monkeypatch):
     os.makedirs(workdir)
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
       json.dump(made_up_results(workdir, seeds[-1]), f)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(trained_config_json(command))
   monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
   for module in (reproduce, compare_methods):
     monkeypatch.setattr(module, "machine", lambda: "test machine")
@@ -177,8 +202,19 @@ def test_reproduce_resumes_with_reuse(scripts, tmp_path, monkeypatch):
   assert f"(`--reuse`): mnist_seed, seed {seeds[0]};" in again
   assert "--reuse" not in first
 
+  # A run whose config.json is not the config its command gives now (its config file was
+  # edited since; here the temperature) is not the same run: trained again.
+  run_config = workdir / "mnist_seed" / f"seed{seeds[0]}" / "config.json"
+  edited = json.loads(run_config.read_text(encoding="utf-8"))
+  edited["temperature"] = 2 * edited["temperature"]
+  run_config.write_text(json.dumps(edited), encoding="utf-8")
+  reproduce.main()
+  assert len(reproduce.commands) == 4
+  assert f"--config.seed={seeds[0]}" in reproduce.commands[-1]
+  assert f"(`--reuse`): mnist_seed, seed {seeds[1]};" in out.read_text(encoding="utf-8")
+
   # Another command (here another data dir) is not the same run: trained again.
   monkeypatch.setattr(sys, "argv", argv + ["--reuse", "--data_dir", str(tmp_path / "tfds")])
   reproduce.main()
-  assert len(reproduce.commands) == 5
+  assert len(reproduce.commands) == 6
   assert "--reuse" not in out.read_text(encoding="utf-8")
