@@ -19,8 +19,8 @@ import os
 from cl_jax import config_files
 
 # scripts/ is on sys.path when this runs as a script.
-from reproduce import (REPO_ROOT, aggregate, config_seeds, machine, mean_std, minutes,
-                       run_details, seeds_note, train_or_reuse, write_lines)
+from reproduce import (REPO_ROOT, absolute_path, aggregate, config_seeds, machine, mean_std,
+                       minutes, run_details, seeds_note, train_or_reuse, write_lines)
 
 CONFIGS = config_files.load(os.path.join(REPO_ROOT, "configs", "__init__.py")).METHOD_CONFIGS
 NOTES = {"supcon": "uses the labels: a supervised reference"}
@@ -78,8 +78,10 @@ def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data_dir", default="", help="TFDS data dir holding mnist")
-  parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "runs", "methods"))
+  parser.add_argument("--data_dir", type=absolute_path, default="",
+                      help="TFDS data dir holding mnist")
+  parser.add_argument("--workdir", type=absolute_path,
+                      default=os.path.join(REPO_ROOT, "runs", "methods"))
   parser.add_argument("--num_epochs", type=int, default=5, help="the budget of every method")
   parser.add_argument("--methods", default=",".join(CONFIGS))
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "methods.md"))

@@ -61,6 +61,12 @@ def config_seeds(config_name, count):
   return list(range(first, first + count))
 
 
+def absolute_path(path):
+  """A path argument made absolute (the runs train with REPO_ROOT as their directory);
+  "" (not given) stays ""."""
+  return path and os.path.abspath(path)
+
+
 def train_command(config_name, workdir, data_dir, seed, extra=()):
   """The `python -m cl_jax.train` command line of one run, as a list."""
   command = [sys.executable, "-m", "cl_jax.train", "--config", f"configs/{config_name}.py",
@@ -232,8 +238,10 @@ def write_lines(path, lines):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data_dir", default="", help="TFDS data dir holding mnist")
-  parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "runs", "reproduce"))
+  parser.add_argument("--data_dir", type=absolute_path, default="",
+                      help="TFDS data dir holding mnist")
+  parser.add_argument("--workdir", type=absolute_path,
+                      default=os.path.join(REPO_ROOT, "runs", "reproduce"))
   parser.add_argument("--configs", default="mnist_seed,mnist")
   parser.add_argument("--ablation", action="store_true")
   parser.add_argument("--seeds", type=int, default=1,

@@ -218,3 +218,16 @@ def test_reproduce_resumes_with_reuse(scripts, tmp_path, monkeypatch):
   reproduce.main()
   assert len(reproduce.commands) == 6
   assert "--reuse" not in out.read_text(encoding="utf-8")
+
+
+def test_relative_paths_reach_the_trainer_absolute(scripts, tmp_path, monkeypatch):
+  """The runs train with the repository as their directory: a --workdir or --data_dir
+  relative to where the script was started must reach them made absolute."""
+  reproduce, _ = scripts
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "argv", ["reproduce.py", "--configs", "mnist_seed", "--workdir", "runs",
+                                    "--data_dir", "tfds", "--out", "results.md"])
+  reproduce.main()
+  (command,) = reproduce.commands
+  assert command[command.index("--workdir") + 1] == str(tmp_path / "runs" / "mnist_seed" / "seed0")
+  assert f"--config.data_dir={tmp_path / 'tfds'}" in command
