@@ -5,8 +5,9 @@
 configs/mnist.py's model, loss and schedule (but its temperature of before, 0.5)
 without its handwriting views (shear, elastic distortion), and with what SimCLR's
 paper (Chen et al. 2020, section 3) found a crop needs beside it: a colour
-distortion, here grayscale brightness and contrast. Without it the two views of an image share its intensity histogram,
-and telling images apart by that is easier than by what they show. The crop
+distortion, here grayscale brightness and contrast. Without it the two views of
+an image share its intensity histogram, and telling images apart by that is
+easier than by what they show. The crop
 goes down to half the image (SimCLR's ImageNet crops go down to 8%; on 28x28
 digits half is about where a crop still shows the whole stroke structure).
 docs/tuning.md has the run of this config on MNIST.

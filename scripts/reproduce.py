@@ -62,9 +62,11 @@ def config_seeds(config_name, count):
 
 
 def absolute_path(path):
-  """A path argument made absolute (the runs train with REPO_ROOT as their directory);
-  "" (not given) stays ""."""
-  return path and os.path.abspath(path)
+  """A local path argument made absolute (the runs train with REPO_ROOT as their
+  directory); "" (not given) and URLs (gs://...) stay as they are."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def train_command(config_name, workdir, data_dir, seed, extra=()):
@@ -96,7 +98,8 @@ def command_config(command):
 
 def ran_same_config(workdir, command):
   """Whether WORKDIR/config.json (the config its run trained with, written by the trainer)
-  is the config `command` gives now: catches a config file edited since the run."""
+  is the config `command` gives now: catches a config file edited since the run. Exact
+  equality: a field added to the library's config since the run also retrains it."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False

@@ -229,5 +229,26 @@ def test_relative_paths_reach_the_trainer_absolute(scripts, tmp_path, monkeypatc
                                     "--data_dir", "tfds", "--out", "results.md"])
   reproduce.main()
   (command,) = reproduce.commands
-  assert command[command.index("--workdir") + 1] == str(tmp_path / "runs" / "mnist_seed" / "seed0")
+  seed = mnist_seed.get_config().seed
+  workdir = tmp_path / "runs" / "mnist_seed" / f"seed{seed}"
+  assert command[command.index("--workdir") + 1] == str(workdir)
   assert f"--config.data_dir={tmp_path / 'tfds'}" in command
+  # A URL is not a local path: passed on as it is.
+  monkeypatch.setattr(sys, "argv", ["reproduce.py", "--configs", "mnist_seed", "--workdir", "other",
+                                    "--data_dir", "gs://bucket/tfds", "--out", "results.md"])
+  reproduce.main()
+  assert "--config.data_dir=gs://bucket/tfds" in reproduce.commands[-1]
+
+
+def test_command_config_is_what_the_trainer_runs(scripts):
+  """The config `--reuse` compares with a run's config.json: the config file with the
+  command's overrides, each field set here by hand."""
+  reproduce, _ = scripts
+  command = reproduce.train_command("mnist", "/w", "/data", 3, [
+      "--config.augment.crop_scale=(0.4, 1.0)", "--config.num_epochs=2",
+      "--config.learning_rate=2e-3"])
+  expected = mnist.get_config()
+  expected.progress_bar, expected.seed, expected.data_dir = False, 3, "/data"
+  expected.augment.crop_scale, expected.num_epochs, expected.learning_rate = (0.4, 1.0), 2, 2e-3
+  assert (json.loads(reproduce.command_config(command).to_json())
+          == json.loads(expected.to_json()))
