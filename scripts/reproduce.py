@@ -107,8 +107,8 @@ def ran_same_config(workdir, command):
     return json.load(f) == json.loads(command_config(command).to_json())
 
 
-def train(config_name, workdir, data_dir, seed, extra=()):
-  command = train_command(config_name, workdir, data_dir, seed, extra)
+def train(command, workdir, seed):
+  """Runs `command` (a `train_command`) from scratch in WORKDIR; its results dict."""
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.time()
   subprocess.run(command, cwd=REPO_ROOT, check=True)
@@ -132,7 +132,7 @@ def train_or_reuse(config_name, workdir, data_dir, seed, extra, run_file, reuse)
       results = json.load(f)
     if results["command"] == shown(command) and ran_same_config(workdir, command):
       return results, True
-  results = train(config_name, workdir, data_dir, seed, extra)
+  results = train(command, workdir, seed)
   with open(path + ".tmp", "w", encoding="utf-8") as f:  # a kill leaves no half file
     json.dump(results, f, indent=2)
   os.replace(path + ".tmp", path)
