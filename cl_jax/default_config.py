@@ -56,9 +56,10 @@ def get_config():
   # Loss and optimisation.
   config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
   config.margin = 0.5  # Margin of triplet and margin, in distances between unit vectors (0 to 2).
-  # triplet's negatives: "batch_hard", "semi_hard" or "soft_margin" (batch-hard, no margin).
+  # triplet's negatives: "batch_hard", "semi_hard", "batch_all" (every violating triplet)
+  # or "soft_margin" (batch-hard, no margin).
   # "batch_hard" is what triplet runs did before the field existed (so their workdirs
-  # resume unchanged); configs/mnist_triplet.py uses "semi_hard".
+  # resume unchanged); configs/mnist_triplet.py uses "batch_all".
   config.triplet_mining = "batch_hard"
   config.momentum = 0.99  # EMA rate of moco's key network; byol's starting rate (cosine to 1).
   config.queue_size = 4096  # moco: keys in the queue of negatives (a ring buffer; any positive size).

@@ -153,6 +153,31 @@ def semi_hard_triplet(z1, z2, labels, margin, axis_name=None):
   return jnp.mean(jnp.sum(jnp.where(positive, per_pair, 0.0), axis=1) / jnp.sum(positive, axis=1))
 
 
+def batch_all_triplet(z1, z2, labels, margin, axis_name=None):
+  """Batch-all triplet loss averaged over its active triplets (Hermans et al. 2017, "BA≠0").
+
+  Every (anchor a, positive p, negative n) over the global batch's 2N views, with
+  a local: loss = sum max(0, d_ap - d_an + margin) / (number of triplets whose
+  loss is > 0, over the global batch). Unlike batch-hard and semi-hard mining,
+  every violating negative pulls, so a step has many triplets' gradients, not
+  one per pair. The count is global (`psum`), so the mean over devices of the
+  per-device values is the global loss; it is piecewise constant (no gradient).
+  """
+  similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
+  positive, negative = _label_masks(labels, is_self, axis_name)
+  distances = _unit_distances(similarities)
+  # [2n anchors, 2N positives, 2N negatives]; invalid (p, n) pairs add nothing.
+  valid = positive[:, :, None] & negative[:, None, :]
+  per_triplet = jnp.where(
+      valid, jax.nn.relu(distances[:, :, None] - distances[:, None, :] + margin), 0.0)
+  active = jnp.sum(per_triplet > 0)
+  num_devices = 1
+  if axis_name is not None:
+    active = jax.lax.psum(active, axis_name)
+    num_devices = jax.lax.axis_size(axis_name)
+  return jnp.sum(per_triplet) * num_devices / jnp.maximum(active, 1)
+
+
 def margin_contrastive(z1, z2, labels, margin, axis_name=None):
   """The pairwise contrastive (margin) loss of Hadsell, Chopra & LeCun (2006), per anchor.
 

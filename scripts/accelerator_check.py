@@ -238,6 +238,7 @@ def check_drift(train):
 
 # Section 7's runs: (name, config file, overrides). The 5-epoch budget of docs/methods.md.
 ABLATIONS = [
+    ("triplet_batch_all", "mnist_triplet", {"triplet_mining": "batch_all"}),
     ("triplet_semi_hard", "mnist_triplet", {"triplet_mining": "semi_hard"}),
     ("triplet_soft_margin", "mnist_triplet", {"triplet_mining": "soft_margin"}),
     ("triplet_batch_hard", "mnist_triplet", {"triplet_mining": "batch_hard"}),

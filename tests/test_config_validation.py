@@ -56,7 +56,7 @@ BAD_INPUTS = [
     ({"model.predictor_norm": "batch"},
      "config.model.predictor_norm='batch': simclr has no predictor"),
     ({"method": "triplet", "triplet_mining": "hardest"},
-     "config.triplet_mining='hardest': allowed: batch_hard, semi_hard, soft_margin"),
+     "config.triplet_mining='hardest': allowed: batch_hard, semi_hard, batch_all, soft_margin"),
 ]
 
 

@@ -83,6 +83,17 @@ def semi_hard_numpy(z1, z2, labels, margin):
   return total / len(z)
 
 
+def batch_all_numpy(z1, z2, labels, margin):
+  """Every (anchor, positive, negative) triplet; the sum over the count of those with loss > 0."""
+  z, lab = views_and_labels(z1, z2, labels)
+  d = lambda i, k: np.linalg.norm(z[i] - z[k])
+  triplet_losses = [max(0.0, d(a, p) - d(a, n) + margin)
+                    for a in range(len(z)) for p in range(len(z)) for n in range(len(z))
+                    if p != a and lab[p] == lab[a] and lab[n] != lab[a]]
+  active = sum(loss > 0 for loss in triplet_losses)
+  return sum(triplet_losses) / max(active, 1)
+
+
 def soft_margin_numpy(z1, z2, labels):
   return batch_hard_numpy(z1, z2, labels, lambda dp, dn: math.log1p(math.exp(dp - dn)))
 
@@ -139,6 +150,8 @@ PAIRWISE = {
                           lambda a, b, y: semi_hard_numpy(a, b, y, 0.5)),
     "triplet_soft_margin": (lambda a, b, y, ax=None: losses.soft_margin_triplet(a, b, y, ax),
                             lambda a, b, y: soft_margin_numpy(a, b, y)),
+    "triplet_batch_all": (lambda a, b, y, ax=None: losses.batch_all_triplet(a, b, y, 0.5, ax),
+                          lambda a, b, y: batch_all_numpy(a, b, y, 0.5)),
 }
 
 
@@ -165,6 +178,26 @@ def test_semi_hard_falls_back_to_the_farthest_negative():
   np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 chords: 1e-6 relative
   assert abs(nearest_instead - expected) > 0.1
   np.testing.assert_allclose(semi_hard_numpy(z1, z2, labels, 0.5), expected, rtol=1e-6)
+
+
+def test_batch_all_counts_only_the_violating_triplets():
+  """2-D unit views, two images: image 0 at 0 and 20 degrees, image 1 at 90 and 140.
+  With margin 0.5 (chords c(a) = 2 sin(a / 2)) only the anchor at 90 has a violating
+  triplet (positive at 140, c50 = 0.845; negative at 20, c70 = 1.147), so the loss is
+  that triplet's alone, not divided by all 8 triplets; with every view apart it is 0."""
+  angle = lambda degrees: [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+  c = lambda degrees: 2 * math.sin(math.radians(degrees) / 2)
+  z1 = np.array([angle(0), angle(90)], np.float32)
+  z2 = np.array([angle(20), angle(140)], np.float32)
+  labels = np.arange(2, dtype=np.int32)
+  got = float(losses.batch_all_triplet(jnp.asarray(z1), jnp.asarray(z2), labels, 0.5))
+  np.testing.assert_allclose(got, c(50) - c(70) + 0.5, rtol=1e-5)  # float32 chords
+  np.testing.assert_allclose(batch_all_numpy(z1, z2, labels, 0.5), c(50) - c(70) + 0.5,
+                             rtol=1e-6)  # the float32 views, in float64
+  # Margin 0.1: no triplet violates; the loss and its gradient are exactly 0, not NaN.
+  loss, grad = jax.value_and_grad(losses.batch_all_triplet)(
+      jnp.asarray(z1), jnp.asarray(z2), labels, 0.1)
+  assert float(loss) == 0.0 and np.all(np.asarray(grad) == 0.0)
 
 
 def test_every_method_has_its_config_file():

@@ -8,6 +8,7 @@ from cl_jax.methods import base
 MINING = {
     "batch_hard": losses.batch_hard_triplet,  # Hermans et al.: hardest positive and negative
     "semi_hard": losses.semi_hard_triplet,  # FaceNet: nearest negative farther than the positive
+    "batch_all": losses.batch_all_triplet,  # Hermans et al.: every violating triplet ("BA≠0")
     "soft_margin": lambda z1, z2, labels, margin, axis_name: losses.soft_margin_triplet(
         z1, z2, labels, axis_name),  # Hermans et al.'s soft margin (no margin)
 }
