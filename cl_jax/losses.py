@@ -162,20 +162,32 @@ def batch_all_triplet(z1, z2, labels, margin, axis_name=None):
   every violating negative pulls, so a step has many triplets' gradients, not
   one per pair. The count is global (`psum`), so the mean over devices of the
   per-device values is the global loss; it is piecewise constant (no gradient).
+
+  Memory is [2n, 2N], not [2n, 2N, 2N]: for each (a, p) the violating negatives
+  are those with d_an < d_ap + margin, a prefix of a's sorted negative distances,
+  so their count and sum come from `searchsorted` and a cumulative sum.
   """
   similarities, _, is_self = _two_view_similarities(z1, z2, axis_name)
   positive, negative = _label_masks(labels, is_self, axis_name)
   distances = _unit_distances(similarities)
-  # [2n anchors, 2N positives, 2N negatives]; invalid (p, n) pairs add nothing.
-  valid = positive[:, :, None] & negative[:, None, :]
-  per_triplet = jnp.where(
-      valid, jax.nn.relu(distances[:, :, None] - distances[:, None, :] + margin), 0.0)
-  active = jnp.sum(per_triplet > 0)
+  sorted_negatives = jnp.sort(jnp.where(negative, distances, jnp.inf), axis=1)
+  # prefix_sums[a, k]: the sum of a's k nearest negative distances (k = 0 .. 2N).
+  prefix_sums = jnp.concatenate(
+      [jnp.zeros_like(distances[:, :1]),
+       jnp.cumsum(jnp.where(jnp.isfinite(sorted_negatives), sorted_negatives, 0.0), axis=1)],
+      axis=1)
+  reach = distances + margin  # [a, p]: a negative violates if it is nearer than this
+  violating = jax.vmap(lambda row, r: jnp.searchsorted(row, r, side="left"))(
+      sorted_negatives, reach)  # how many negatives are strictly nearer
+  pair_sums = violating * reach - jnp.take_along_axis(prefix_sums, violating, axis=1)
+  total = jnp.sum(jnp.where(positive, pair_sums, 0.0))
+  # Counted in float32: up to 2n x 2N x 2N triplets overflows int32 at large batches.
+  active = jnp.sum(jnp.where(positive, violating, 0).astype(jnp.float32))
   num_devices = 1
   if axis_name is not None:
     active = jax.lax.psum(active, axis_name)
     num_devices = jax.lax.axis_size(axis_name)
-  return jnp.sum(per_triplet) * num_devices / jnp.maximum(active, 1)
+  return total * num_devices / jnp.maximum(active, 1.0)
 
 
 def margin_contrastive(z1, z2, labels, margin, axis_name=None):
