@@ -194,6 +194,13 @@ def test_batch_all_counts_only_the_violating_triplets():
   np.testing.assert_allclose(got, c(50) - c(70) + 0.5, rtol=1e-5)  # float32 chords
   np.testing.assert_allclose(batch_all_numpy(z1, z2, labels, 0.5), c(50) - c(70) + 0.5,
                              rtol=1e-6)  # the float32 views, in float64
+  # Margin 1.2: 6 of the 8 triplets violate (all but anchor 0 or 20 against the view at
+  # 140). Had an anchor been its own positive (d = 0), the pairs 20-90 (c70 < 1.2) would add two.
+  relu = lambda x: max(0.0, x)
+  expected = sum(relu(c(positive) - c(negative) + 1.2) for positive, negative in (
+      (20, 90), (20, 140), (20, 70), (20, 120), (50, 90), (50, 70), (50, 140), (50, 120))) / 6
+  got = float(losses.batch_all_triplet(jnp.asarray(z1), jnp.asarray(z2), labels, 1.2))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
   # Margin 0.1: no triplet violates; the loss and its gradient are exactly 0, not NaN.
   loss, grad = jax.value_and_grad(losses.batch_all_triplet)(
       jnp.asarray(z1), jnp.asarray(z2), labels, 0.1)
@@ -214,7 +221,9 @@ def test_pairwise_losses_match_numpy(name, n, d, num_classes):
   z1, z2, labels = problem(n, d, num_classes, seed=n + d)
   ours, reference = PAIRWISE[name]
   got = ours(jnp.float32(z1), jnp.float32(z2), labels)
-  # float32 cosines (~1e-7) through exp(s / 0.2) or a sqrt: a few 1e-6 relative.
+  # float32 cosines (~1e-7) through exp(s / 0.2) or a sqrt: a few 1e-6 relative. (Batch-all's
+  # count of violating triplets would jump by one if a hinge were within ~1e-7 of 0; on these
+  # problems the nearest is 7e-6 away.)
   np.testing.assert_allclose(got, reference(z1, z2, labels), rtol=2e-5, atol=1e-6)
 
 
