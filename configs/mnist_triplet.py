@@ -1,9 +1,10 @@
 """Triplet loss on MNIST, self-supervised (the positive is the other view), with
 every violating triplet of the batch (Hermans et al.'s batch-all, averaged over
 the triplets with loss > 0), on the default config's data, views, encoder and
-schedule. At 5 epochs (seed 0, k-NN train_test; docs/tuning.md): batch-all 98.16%,
-FaceNet's semi-hard 97.89%, batch-hard 93.75% (it collapses to the margin early
-on). The others stay available through `--config.triplet_mining`.
+schedule. At 5 epochs (k-NN train_test; docs/tuning.md): batch-all 98.22 ± 0.03%
+and FaceNet's semi-hard 97.91 ± 0.03% (3 seeds each), batch-hard 93.75% (one seed:
+it collapses to the margin early on). The others stay available through
+`--config.triplet_mining`.
 
   python -m cl_jax.train --config configs/mnist_triplet.py --workdir runs/mnist_triplet
 """
