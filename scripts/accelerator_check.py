@@ -7,7 +7,8 @@ the IDX files, TensorBoard is skipped). In order:
 1. max-pool gradients with ties, the custom CPU kernels against XLA's
    (values and gradients on a real MNIST batch), on the accelerator;
 2. NT-Xent's loss and gradient on the accelerator against float64 NumPy, with
-   the similarity matmul at HIGHEST (ours) and at the backend's default;
+   the similarity matmul at HIGHEST (ours) and at the backend's default; batch-all
+   triplet's (sort, searchsorted, cumsum) on the accelerator against CPU;
 3. the default config (configs/mnist.py) trained and evaluated end to end;
 4. steps_per_call=1 against the automatic choice: the same parameters?
 5. training throughput (scripts/benchmark.py's loop): batch sizes, steps per
@@ -118,7 +119,8 @@ def nt_xent_numpy(z1, z2, t):
 
 
 def check_precision():
-  """Section 2: NT-Xent on device against float64, HIGHEST (ours) and the backend default."""
+  """Section 2: NT-Xent on device against float64, HIGHEST (ours) and the backend default;
+  batch-all triplet on device against CPU."""
   from cl_jax import losses  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   z1 = rng.normal(size=(512, 64)).astype(np.float32)
@@ -143,6 +145,23 @@ def check_precision():
         "loss_relative_error_backend_default": abs(float(value_default) - loss) / loss,
         "gradient_relative_error_backend_default": relative_error(
             np.concatenate(grads_default), expected)}
+  # Batch-all triplet rests on sort, searchsorted and cumsum, lowered differently per
+  # backend: its value and gradient on the device against the same function on CPU
+  # (which tests/test_methods.py checks against float64 NumPy), index labels as in training.
+  # 16 dimensions, views far apart: many triplets violate the margin (the 64-d pair above
+  # has none).
+  a, b = rng.normal(size=(2, 512, 16)).astype(np.float32)
+  labels = np.arange(len(a), dtype=np.int32)
+  batch_all = jax.value_and_grad(lambda a, b: losses.batch_all_triplet(a, b, labels, 0.5),
+                                 argnums=(0, 1))
+  value, grads = jax.jit(batch_all)(a, b)
+  cpu = jax.devices("cpu")[0]
+  value_cpu, grads_cpu = jax.jit(batch_all)(jax.device_put(a, cpu), jax.device_put(b, cpu))
+  out["batch_all_triplet"] = {
+      "loss_cpu": float(value_cpu),
+      "loss_relative_error_vs_cpu": abs(float(value) - float(value_cpu)) / float(value_cpu),
+      "gradient_relative_error_vs_cpu": relative_error(np.concatenate(grads),
+                                                       np.concatenate(grads_cpu))}
   return out
 
 

@@ -207,6 +207,22 @@ def test_batch_all_counts_only_the_violating_triplets():
   assert float(loss) == 0.0 and np.all(np.asarray(grad) == 0.0)
 
 
+def test_batch_all_does_not_count_a_hinge_of_exactly_zero():
+  """Three images, each with two identical views, at 0, 90 and 45 degrees. The margin is
+  chosen so that for images 0 and 1 a negative at 90 degrees lies exactly on the margin
+  (float32: d_ap = 1e-6, the distance floor, + margin == sqrt(2)): those 8 triplets have
+  hinge 0 and must not be counted. The other 16 (every negative at 45 degrees, and both
+  negatives of the 45-degree image) violate, each by about margin - c45."""
+  z = np.array([[1, 0], [0, 1], [math.sqrt(0.5), math.sqrt(0.5)]], np.float32)
+  margin = float(np.float32(math.sqrt(2)) - np.float32(1e-6))
+  got = float(losses.batch_all_triplet(jnp.asarray(z), jnp.asarray(z), np.arange(3, dtype=np.int32),
+                                       margin))
+  expected = margin - 2 * math.sin(math.radians(45) / 2)  # each of the 16, over 16 (not 24)
+  # Identical views are 1e-6 apart in float32, the 45-degree image's 3e-4 (its float32
+  # self-similarity is 1 - 6e-8): 1e-3 relative. Counting the tied 8 would give 2/3 of it.
+  np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
 def test_every_method_has_its_config_file():
   """configs.METHOD_CONFIGS (what compare_methods trains and the quality check runs) names
   every registered method, and each file configures the method it is listed under."""
