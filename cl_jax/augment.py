@@ -8,6 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cl_jax import data
+
 # Sampling coordinates in float32 whatever the backend's default matmul precision: bf16
 # passes (TPU) would put a pixel coordinate of 27 off by ~0.1 pixel.
 _matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
@@ -64,18 +66,52 @@ def warp_affine(image, matrix, displacement=None):
   return out.reshape(height, width, channels)
 
 
+# torchvision's RandomResizedCrop draws (area, aspect) this many times before it falls back
+# to a centre crop.
+CROP_ATTEMPTS = 10
+
+
+def sample_crop_box(key, height, width, scale, ratio):
+  """torchvision's `RandomResizedCrop.get_params`, all attempts drawn at once: up to
+  CROP_ATTEMPTS draws of an area fraction uniform in `scale` and a log aspect ratio
+  (width / height) uniform in log `ratio`, each rounded to whole pixels (half to even, as
+  Python's round); the first that fits the image is taken, at an integer offset uniform
+  over the positions where it fits; if none fits, the centre crop of the largest size
+  whose aspect is within `ratio`. Returns (top, left, crop_h, crop_w) as float32 pixels."""
+  k_scale, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  area = height * width * jax.random.uniform(k_scale, (CROP_ATTEMPTS,), minval=scale[0],
+                                             maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(k_ratio, (CROP_ATTEMPTS,), minval=math.log(ratio[0]),
+                                      maxval=math.log(ratio[1])))
+  widths = jnp.round(jnp.sqrt(area * aspect))
+  heights = jnp.round(jnp.sqrt(area / aspect))
+  fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
+  first = jnp.argmax(fits)  # the first attempt that fits (0 when none does)
+  # The fallback, computed in Python: it depends on the shapes and `ratio` only.
+  if width / height < min(ratio):
+    fallback_w, fallback_h = width, round(width / min(ratio))
+  elif width / height > max(ratio):
+    fallback_w, fallback_h = round(height * max(ratio)), height
+  else:
+    fallback_w, fallback_h = width, height
+  found = fits.any()
+  crop_h = jnp.where(found, heights[first], fallback_h)
+  crop_w = jnp.where(found, widths[first], fallback_w)
+  # randint(0, height - h + 1) in torchvision; the fallback is centred.
+  top = jnp.where(found, jnp.floor(jax.random.uniform(k_top) * (height - crop_h + 1)),
+                  (height - fallback_h) // 2)
+  left = jnp.where(found, jnp.floor(jax.random.uniform(k_left) * (width - crop_w + 1)),
+                   (width - fallback_w) // 2)
+  return tuple(x.astype(jnp.float32) for x in (top, left, crop_h, crop_w))
+
+
 def sample_crop_and_angle(key, height, width, scale, ratio, max_degrees):
-  """Draws a random resized crop box (torchvision's area/aspect law) and an angle."""
-  k_scale, k_ratio, k_top, k_left, k_angle = jax.random.split(key, 5)
-  area = jax.random.uniform(k_scale, minval=scale[0], maxval=scale[1]) * height * width
-  log_ratio = jax.random.uniform(k_ratio, minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-  aspect = jnp.exp(log_ratio)
-  crop_h = jnp.minimum(jnp.sqrt(area / aspect), height)
-  crop_w = jnp.minimum(jnp.sqrt(area * aspect), width)
-  top = jax.random.uniform(k_top) * (height - crop_h)
-  left = jax.random.uniform(k_left) * (width - crop_w)
+  """A random resized crop box (`sample_crop_box`) and a rotation angle in radians, uniform
+  in +-max_degrees."""
+  k_crop, k_angle = jax.random.split(key)
+  crop_box = sample_crop_box(k_crop, height, width, scale, ratio)
   angle = jnp.deg2rad(jax.random.uniform(k_angle, minval=-max_degrees, maxval=max_degrees))
-  return (top, left, crop_h, crop_w), angle
+  return crop_box, angle
 
 
 def elastic_displacement(key, height, width, alpha, grid):
@@ -126,7 +162,7 @@ def random_view(key, image, config):
   if config.elastic_alpha > 0:
     displacement = elastic_displacement(k_elastic, height, width, config.elastic_alpha,
                                         config.elastic_grid)
-  view = warp_affine(image.astype(jnp.float32) / 255.0,
+  view = warp_affine(data.to_float(image),
                      affine_matrix(height, width, crop_box, angle, shear), displacement)
   if config.brightness > 0 or config.contrast > 0:
     factors = sample_intensity_factors(intensity_key(key), config.brightness,

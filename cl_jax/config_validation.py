@@ -104,6 +104,12 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
                 "eval_batch_size", "monitor_bank_size", "monitor_query_size"):
     if config[field] <= 0:
       _fail(field, config[field], "must be a positive integer")
+  if not isinstance(config.validation_examples, int) or config.validation_examples < 0:
+    _fail("validation_examples", config.validation_examples,
+          "must be 0 (no validation split) or a positive integer")
+  if config.validation_examples == 0 and config.eval_every_epochs > 0:
+    _fail("validation_examples", 0, "the online monitor (eval_every_epochs > 0) queries the "
+          "validation split; set eval_every_epochs=0 to run without one")
   methods.get(config.method).check_config(config, _fail)
   _check_augment(config.augment)
   _check_model(config.model)

@@ -17,7 +17,13 @@ def get_config():
   config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
   config.data_dir = ""  # TFDS data dir; "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data_download = True  # Let TFDS download a missing dataset if its host answers (else fail fast).
-  config.max_train_examples = -1  # Use only the first this many training images; -1 = all.
+  config.max_train_examples = -1  # Pre-train on only the first this many training images; -1 = all.
+  # The first this many training images (canonical order, cl_jax/data) are the validation
+  # split: every selection signal (the online monitor, the validation metrics) reads their
+  # labels, and the test split is only reported. Label-free methods still pre-train on them
+  # (no labels are used); methods that use labels (supcon) pre-train without them. 0 = no
+  # validation split (the monitor must then be off).
+  config.validation_examples = 10000
 
   # Views: per example, a random resized crop then a random rotation, one warp.
   config.augment = ml_collections.ConfigDict()
@@ -92,10 +98,12 @@ def get_config():
   # Evaluation (on the encoder output, never the projection head).
   config.knn_k = 5  # Neighbours for every k-NN metric.
   config.eval_every_epochs = 1  # Online k-NN monitor every this many epochs; 0 = off.
-  config.monitor_bank_size = 10000  # Monitor: first this many training images are the k-NN bank.
-  config.monitor_query_size = 2000  # Monitor: first this many test images are the queries.
+  config.monitor_bank_size = 10000  # Monitor: first this many training images after the validation split are the k-NN bank.
+  config.monitor_query_size = 2000  # Monitor: first this many validation images are the queries.
   config.evaluate_at_end = True  # Run the full evaluation (cl_jax.evaluate) after training.
-  config.eval_train_examples = -1  # Training images the evaluation fits on; -1 = all (standard).
+  # Training images the evaluation's k-NN and probe fit on (the first this many of the
+  # training split for test, of the rest after the validation split for validation); -1 = all.
+  config.eval_train_examples = -1
   config.eval_batch_size = 1000  # Images per forward pass when embedding a split.
   config.tsne_points = 1000  # Test embeddings shown in tsne.png.
   config.cache_dir = ""  # Raw-pixel baseline cache; "" = $CL_JAX_CACHE or ~/.cache/cl_jax.

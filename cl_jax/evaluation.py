@@ -10,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sklearn.neighbors import KNeighborsClassifier
 from tqdm.auto import tqdm
 
+from cl_jax import data
 from cl_jax import losses
 
 # The replaced example's protocol: fit on the first 8,000 test embeddings, predict the rest.
@@ -18,7 +19,7 @@ SEED_PROTOCOL_FIT = 8000
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(model, variables, images):
-  return model.apply(variables, images.astype(jnp.float32) / 255.0)
+  return model.apply(variables, data.to_float(images))
 
 
 def embed(model, variables, images, batch_size=1000, devices=None, progress=False):

@@ -3,7 +3,9 @@
 import functools
 import hashlib
 import json
+import math
 import os
+import tempfile
 
 import jax
 import matplotlib
@@ -20,6 +22,7 @@ from cl_jax import diagnostics  # pylint: disable=wrong-import-position
 from cl_jax import evaluation  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
 from cl_jax import multihost  # pylint: disable=wrong-import-position
+from cl_jax import parallel  # pylint: disable=wrong-import-position
 from cl_jax import train_step  # pylint: disable=wrong-import-position
 
 CACHE_ENV = "CL_JAX_CACHE"
@@ -44,12 +47,30 @@ def read_json(path):
     return json.load(f)
 
 
+def strict_json_value(obj):
+  """`obj` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+  if isinstance(obj, dict):
+    return {k: strict_json_value(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json_value(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
 def write_json(path, obj):
-  """Writes atomically (a killed process leaves the old file or the new one)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes strict JSON atomically: a killed process leaves the old file or the new one,
+  and writers finishing at once each rename their own temporary file."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(strict_json_value(obj), f, indent=2, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def read_metrics(workdir):
@@ -61,26 +82,65 @@ def read_metrics(workdir):
 
 
 def embedding_metrics(train_x, train_y, test_x, test_y, config):
-  """k-NN under both protocols and metrics, and the linear probe."""
-  metrics = evaluation.knn_report(train_x, train_y, test_x, test_y, config.knn_k)
+  """Every metric of one representation of the training split (its first rows, at least
+  those `fit_rows` names) and of the test split.
+
+  Validation (what selections read): k-NN and linear probe fit on the training rows after
+  the first `validation_examples`, predicting those. Test (reported, never selected on):
+  k-NN under both protocols and the probe, fit on the training split (the validation
+  images included, as the standard train -> test protocol does).
+  """
+  validation = config.validation_examples
+  limit = lambda x: x if config.eval_train_examples < 0 else x[:config.eval_train_examples]
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  metrics = evaluation.knn_report(limit(train_x), limit(train_y), test_x, test_y, config.knn_k)
   metrics["linear_probe"] = evaluation.linear_probe_accuracy(
-      train_x, train_y, test_x, test_y, int(max(train_y.max(), test_y.max())) + 1)
+      limit(train_x), limit(train_y), test_x, test_y, num_classes)
+  if validation > 0:
+    fit_x, fit_y = limit(train_x[validation:]), limit(train_y[validation:])
+    val_x, val_y = train_x[:validation], train_y[:validation]
+    for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
+      metrics["validation_knn" + suffix] = evaluation.knn_accuracy(
+          fit_x, fit_y, val_x, val_y, config.knn_k, metric)
+    metrics["validation_linear_probe"] = evaluation.linear_probe_accuracy(
+        fit_x, fit_y, val_x, val_y, num_classes)
   return metrics
 
 
-def raw_pixel_metrics(train, test, config):
-  """The same metrics on raw pixels, computed once per data and k, then cached.
+def fit_rows(config, num_train):
+  """How many of the first training images `embedding_metrics` reads."""
+  if config.eval_train_examples < 0:
+    return num_train
+  return min(num_train, config.validation_examples + config.eval_train_examples)
 
-  The cache is keyed by the data's fingerprint (not the dataset's name), so two
-  copies of a dataset that differ in content or order never share an entry.
+
+def evaluation_code_version():
+  """SHA-256 of the code that computes the metrics (this module and cl_jax/evaluation.py):
+  a cached baseline computed by other code is recomputed, not reused."""
+  digest = hashlib.sha256()
+  for module in (evaluation.__file__, __file__):
+    with open(module, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()
+
+
+def raw_pixel_metrics(train, test, config):
+  """The same metrics on raw pixels, computed once per data, settings and code, then cached.
+
+  The cache is keyed by the data's fingerprint (not the dataset's name), the settings the
+  metrics read (k, the validation split, the fit limit) and the evaluation code's digest,
+  so two copies of a dataset that differ in content or order never share an entry, and a
+  changed protocol or a fixed metric computes its baseline anew.
   """
-  data_key = hashlib.sha256((train.fingerprint() + test.fingerprint()).encode()).hexdigest()
-  name = f"raw_pixels_{config.dataset}_k{config.knn_k}_{data_key[:16]}.json"
+  settings = (f"k={config.knn_k};validation={config.validation_examples};"
+              f"fit={config.eval_train_examples};code={evaluation_code_version()}")
+  key = hashlib.sha256((train.fingerprint() + test.fingerprint() + settings).encode())
+  name = f"raw_pixels_{config.dataset}_k{config.knn_k}_{key.hexdigest()[:16]}.json"
   path = os.path.join(cache_dir(config), name)
   cached = read_json(path)
   if cached:
     return cached
-  flat = lambda split: split.images.reshape(len(split), -1).astype(np.float32) / 255.0
+  flat = lambda split: data.to_float(split.images).reshape(len(split), -1)
   metrics = embedding_metrics(flat(train), train.labels, flat(test), test.labels, config)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   write_json(path, metrics)
@@ -143,19 +203,25 @@ def plot_series(entries, keys, path, ylabel, title, baseline=None):
   plt.close(fig)
 
 
-ROWS = (("knn_seed", "k-NN seed (test 8k -> 2k), euclidean"),
-        ("knn_seed_cosine", "k-NN seed, cosine"),
-        ("knn_train_test", "k-NN train -> test, euclidean"),
-        ("knn_train_test_cosine", "k-NN train -> test, cosine"),
-        ("linear_probe", "linear probe train -> test"))
+# (results.json key, what it is): validation rows first, as selections read those.
+ROWS = (("validation_knn", "validation: k-NN (rest of train -> validation), euclidean"),
+        ("validation_knn_cosine", "validation: k-NN, cosine"),
+        ("validation_linear_probe", "validation: linear probe (rest of train -> validation)"),
+        ("knn_seed", "test: k-NN seed (test 8k -> 2k), euclidean"),
+        ("knn_seed_cosine", "test: k-NN seed, cosine"),
+        ("knn_train_test", "test: k-NN train -> test, euclidean"),
+        ("knn_train_test_cosine", "test: k-NN train -> test, cosine"),
+        ("linear_probe", "test: linear probe train -> test"))
 
 
 def results_table(results):
-  """Markdown table: the model's metrics next to the raw-pixel baseline."""
+  """Markdown table: the model's metrics next to the raw-pixel baseline (the validation rows
+  where the run has a validation split)."""
   lines = ["| metric | this run | raw pixels |", "| --- | --- | --- |"]
   for key, name in ROWS:
-    lines.append(f"| {name} | {100 * results[key]:.2f}% | "
-                 f"{100 * results['raw_pixels'][key]:.2f}% |")
+    if key in results:
+      lines.append(f"| {name} | {100 * results[key]:.2f}% | "
+                   f"{100 * results['raw_pixels'][key]:.2f}% |")
   return "\n".join(lines)
 
 
@@ -211,7 +277,9 @@ def write_report(workdir, config, results):
   with open(path, "w", encoding="utf-8") as f:
     f.write(f"# {config.method} on {config.dataset}\n\n")
     f.write(f"Checkpoint step {results['eval_step']}, k = {config.knn_k}, evaluated on the "
-            "encoder output (not the projection head).\n\n")
+            "encoder output (not the projection head). The validation split is the first "
+            f"{config.validation_examples} training images (canonical order): choose runs and "
+            "settings on its rows; the test rows are the report.\n\n")
     f.write(results_table(results) + "\n\n")
     f.write("## Diagnostics\n\n" + diagnostics_table(results["diagnostics"]) + "\n\n")
     for key in ("final_loss", "steps", "epochs", "train_seconds", "images_per_second",
@@ -231,26 +299,34 @@ def evaluate_run(config, workdir, progress=True):
   results dict (training results plus evaluation keys) on every process.
   """
   step, variables = restore_variables(workdir)
+  devices = parallel.local_devices(config)
   results = multihost.on_main_process(
-      "evaluation", lambda: _evaluate_on_this_process(config, workdir, step, variables, progress))
+      "evaluation", lambda: _evaluate_on_this_process(config, workdir, step, variables,
+                                                      devices, progress))
   if results is None:  # another process: process 0 wrote them
     results = read_json(os.path.join(workdir, "results.json"))
   return results
 
 
-def _evaluate_on_this_process(config, workdir, step, variables, progress):
-  """The evaluation proper, on this process's devices; writes results, pictures, report."""
+def _evaluate_on_this_process(config, workdir, step, variables, devices, progress):
+  """The evaluation proper, on this process's `devices` (its share of the run's devices);
+  writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
-  train = data.load_split(config.dataset, "train", data_dir, config.eval_train_examples,
-                          config.data_download)
+  train = data.load_split(config.dataset, "train", data_dir, download=config.data_download)
+  if not config.validation_examples < len(train):
+    raise ValueError(f"validation_examples={config.validation_examples}: must be below the "
+                     f"{len(train)} training examples")
+  train = train[:fit_rows(config, len(train))]
   test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
   model = models.create_model(config)
-  # Local devices only (embed's default): a mesh over every process's devices would
-  # make the forward passes collectives that the waiting processes never enter.
-  train_x, train_p = evaluation.embed(model, variables, train.images, config.eval_batch_size,
-                                      progress=progress)
-  test_x, test_p = evaluation.embed(model, variables, test.images, config.eval_batch_size,
-                                    progress=progress)
+  # Only the run's own local devices (embed's default is every local device): a mesh over
+  # every process's devices would make the forward passes collectives that the waiting
+  # processes never enter.
+  embed = functools.partial(evaluation.embed, model, variables,
+                            batch_size=config.eval_batch_size, devices=devices,
+                            progress=progress)
+  train_x, train_p = embed(train.images)
+  test_x, test_p = embed(test.images)
   results = read_json(os.path.join(workdir, "results.json"))
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
@@ -258,13 +334,13 @@ def _evaluate_on_this_process(config, workdir, step, variables, progress):
   # Which data the metrics were computed on (content and canonical order).
   results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
   pairs = positive_pairs(test.images[:DIAGNOSTIC_POINTS], config)
-  pairs_x, pairs_p = evaluation.embed(model, variables, pairs, config.eval_batch_size,
-                                      progress=progress)
+  pairs_x, pairs_p = embed(pairs)
+  fit = slice(None) if config.eval_train_examples < 0 else slice(config.eval_train_examples)
   results["diagnostics"] = {
       "features": representation_diagnostics(test_x, pairs_x, results["knn_train_test_cosine"]),
       "projections": representation_diagnostics(
-          test_p, pairs_p, evaluation.knn_accuracy(train_p, train.labels, test_p, test.labels,
-                                                   config.knn_k, "cosine"))}
+          test_p, pairs_p, evaluation.knn_accuracy(train_p[fit], train.labels[fit], test_p,
+                                                   test.labels, config.knn_k, "cosine"))}
 
   with tqdm(total=1, desc="t-SNE", disable=not progress, leave=False) as bar:
     count = min(config.tsne_points, len(test))

@@ -13,6 +13,31 @@ AXIS = "batch"
 MODES = ("shard_map", "pmap")
 
 
+def select_devices(config):
+  """The run's devices: every process's when several processes run; else the first
+  `config.num_devices` local ones (-1 = all). Training and evaluation both use these.
+
+  A `num_devices` above the local count raises ConfigError. (JAX still preallocates memory
+  on every GPU the process sees: hide the others with CUDA_VISIBLE_DEVICES.)
+  """
+  if jax.process_count() > 1:
+    return jax.devices()
+  devices = jax.local_devices()
+  if config.num_devices > len(devices):
+    from cl_jax import config_validation  # pylint: disable=g-import-not-at-top  (imports this)
+    raise config_validation.ConfigError(
+        f"config.num_devices={config.num_devices}: only {len(devices)} local "
+        f"{devices[0].platform} device(s) here")
+  if config.num_devices > 0:
+    devices = devices[:config.num_devices]
+  return devices
+
+
+def local_devices(config):
+  """This process's share of `select_devices(config)` (where it evaluates)."""
+  return [d for d in select_devices(config) if d.process_index == jax.process_index()]
+
+
 class DataParallel:
   """Places state and batches on `devices` and runs a mapped per-device step.
 

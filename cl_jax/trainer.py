@@ -19,6 +19,7 @@ from cl_jax import data
 from cl_jax import default_config
 from cl_jax import evaluation
 from cl_jax import evaluator
+from cl_jax import methods
 from cl_jax import metric_logging
 from cl_jax import models
 from cl_jax import multihost
@@ -36,32 +37,25 @@ def params_sha256(params):
   return digest.hexdigest()
 
 
-def select_devices(config):
-  """Every process's devices when several processes run; else the first `num_devices`."""
-  if multihost.is_multiprocess():
-    return jax.devices()
-  devices = jax.local_devices()
-  if config.num_devices > 0:
-    devices = devices[:config.num_devices]
-  return devices
-
-
 class KnnMonitor:
-  """Online cosine k-NN on a held subset, computed on device with the current encoder.
+  """Online cosine k-NN on held subsets, computed on device with the current encoder: the
+  first `monitor_bank_size` images of `bank` (the training images after the validation
+  split) vote for the first `monitor_query_size` of `queries` (the validation split; never
+  the test split, since runs are selected on this monitor).
 
   Also on the projections (the loss's space) and, once, on the raw pixels of the
   same subsets: a run whose features sit below the pixels is not learning.
   """
 
-  def __init__(self, model, train, test, config, devices):
-    bank = min(config.monitor_bank_size, len(train))
-    queries = min(config.monitor_query_size, len(test))
+  def __init__(self, model, bank, queries, config, devices):
+    bank = bank[:config.monitor_bank_size]
+    queries = queries[:config.monitor_query_size]
     self.model, self.devices, self.config = model, devices, config
-    self.bank_images, self.bank_labels = train.images[:bank], jnp.asarray(train.labels[:bank])
-    self.query_images, self.query_labels = test.images[:queries], test.labels[:queries]
-    self.num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    self.bank_images, self.bank_labels = bank.images, jnp.asarray(bank.labels)
+    self.query_images, self.query_labels = queries.images, queries.labels
+    self.num_classes = int(max(bank.labels.max(), queries.labels.max())) + 1
     self._predict = jax.jit(evaluation.knn_predict_cosine, static_argnums=(3, 4))
-    pixels = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255.0
+    pixels = lambda images: data.to_float(images).reshape(len(images), -1)
     self.raw_pixels = self._accuracy(pixels(self.bank_images), pixels(self.query_images))
 
   def _accuracy(self, bank, queries):
@@ -228,6 +222,22 @@ def check_finite(first_step, count, metrics):
                          "stopped, the last good checkpoint is kept")
 
 
+def load_training_data(config, data_dir):
+  """(pre-training split, validation split, the rest of the training split) of
+  config.dataset: the validation split is the first `validation_examples` training images;
+  a method that reads labels pre-trains on the rest only; `max_train_examples` then keeps
+  the first that many pre-training images."""
+  full = data.load_split(config.dataset, "train", data_dir, download=config.data_download)
+  try:
+    validation, rest = data.split_validation(full, config.validation_examples)
+  except ValueError as e:
+    raise config_validation.ConfigError(f"config.{e}") from e
+  train = rest if methods.get(config.method).uses_labels else full
+  if config.max_train_examples >= 0:
+    train = train[:config.max_train_examples]
+  return train, validation, rest
+
+
 def check_resumable(workdir, config):
   """Refuses (CheckpointError) to resume a workdir written by a different config."""
   path = os.path.join(workdir, "config.json")
@@ -251,7 +261,7 @@ def train_and_evaluate(config, workdir):
   Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json. Under
   jax.distributed every process calls it with the same config and a shared WORKDIR.
   """
-  devices = select_devices(config)
+  devices = parallel.select_devices(config)
   config_validation.validate(config, len(devices), default_config.get_config(),
                              jax.process_count())
   config_validation.check_workdir(workdir)
@@ -263,8 +273,7 @@ def train_and_evaluate(config, workdir):
       f.write(config.to_json(indent=2))
 
   data_dir = config.data_dir or data.default_data_dir()
-  train = data.load_split(config.dataset, "train", data_dir, config.max_train_examples,
-                          config.data_download)
+  train, validation, rest = load_training_data(config, data_dir)
   steps_per_epoch = len(train) // config.batch_size
   if steps_per_epoch == 0:
     raise config_validation.ConfigError(
@@ -307,9 +316,8 @@ def train_and_evaluate(config, workdir):
 
   monitor, monitor_every = None, config.eval_every_epochs * steps_per_epoch
   if config.eval_every_epochs > 0 and is_main:  # on process 0's own devices: no collectives
-    test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
     local = [d for d in devices if d.process_index == jax.process_index()]
-    monitor = KnnMonitor(model, train, test, config, local)
+    monitor = KnnMonitor(model, rest, validation, config, local)
   # Calls end where the host has something to do: a log line, a checkpoint, a monitor point.
   boundaries = [config.log_every_steps, config.checkpoint_every_steps] + (
       [monitor_every] if monitor_every else [])

@@ -26,8 +26,10 @@ CONFIGS = config_files.load(os.path.join(REPO_ROOT, "configs", "__init__.py")).M
 NOTES = {"supcon": "uses the labels: a supervised reference"}
 
 
-# The metrics of the table (results.json keys), in its column order.
-METRICS = ("knn_train_test", "knn_train_test_cosine", "linear_probe", "knn_seed")
+# The metrics of the table (results.json keys), in its column order: validation first
+# (methods are compared and tuned on it), then test (reported once).
+METRICS = ("validation_knn", "validation_linear_probe", "knn_train_test",
+           "knn_train_test_cosine", "linear_probe", "knn_seed")
 
 
 def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
@@ -50,16 +52,19 @@ def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
                  f"{'; '.join(reused)}; the others trained in this run.")
   lines += [
       "",
-      "k = 5; `train_test`: k-NN fit on the 60,000 training images' encoder features, predicting",
-      "the 10,000 test images; linear probe: logistic regression on the same features;",
-      "`seed`: fit on the first 8,000 test images (canonical order), predict the last 2,000. Hand-run",
-      "experiments with the methods' settings (BYOL's): `docs/tuning.md`.",
+      "k = 5; features are the encoder output. Validation (what methods are compared and tuned",
+      "on): the first 10,000 training images (canonical order) are the queries, the other 50,000",
+      "the k-NN bank and the probe's fit set. Test (reported, never tuned on): `train_test` fits",
+      "on the 60,000 training images and predicts the 10,000 test images; `seed` fits on the",
+      "first 8,000 test images and predicts the last 2,000. Hand-run experiments with the",
+      "methods' settings: `docs/tuning.md`.",
       "",
       seeds_note(num_seeds),
       "",
-      "| method | config | k-NN train_test | k-NN train_test (cosine) | linear probe | k-NN seed "
+      "| method | config | validation k-NN | validation linear probe | test k-NN train_test "
+      "| test k-NN train_test (cosine) | test linear probe | test k-NN seed "
       "| train time | images/s | wall time (train + eval) |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| --- " * 11 + "|",
       "| raw pixels | - | " + " | ".join(mean_std(aggregate([raw]), key) for key in METRICS)
       + " | - | - | - |",
   ]

@@ -7,8 +7,8 @@ from. `load_split` therefore puts every split in its canonical order, sorted by
 each example's content digest (SHA-256 of the image bytes and the label): the
 same order however the data were prepared, and a fixed pseudo-random order
 that is not grouped by class or writer. Every protocol that takes "the first N"
-(`max_train_examples`, the monitor's bank and queries, the seed protocol's
-8,000 / 2,000 split, `eval_train_examples`) reads that order.
+(`validation_examples`, `max_train_examples`, the monitor's bank and queries, the
+seed protocol's 8,000 / 2,000 split, `eval_train_examples`) reads that order.
 """
 
 import dataclasses
@@ -65,12 +65,21 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
+  def __getitem__(self, index):
+    """The examples at `index` (a slice or an index array), as a Split."""
+    return Split(images=self.images[index], labels=self.labels[index])
+
   def fingerprint(self):
     """SHA-256 (hex) of the images and labels in order: names exactly this data."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(self.images).tobytes())
     digest.update(np.ascontiguousarray(self.labels, np.int32).tobytes())
     return digest.hexdigest()
+
+
+def to_float(images):
+  """uint8 pixels as float32 in [0, 1]; NumPy and jax arrays alike."""
+  return images.astype("float32") / 255.0
 
 
 def canonical_order(images, labels):
@@ -132,6 +141,17 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
   if max_examples >= 0:
     order = order[:max_examples]
   return Split(images=images[order], labels=labels[order])
+
+
+def split_validation(train, validation_examples):
+  """(validation, rest) of a training split in its canonical order: the first
+  `validation_examples` examples hold out the labels every selection reads (the online
+  monitor's queries, the validation metrics), the rest are the k-NN bank and the probe's
+  fit set for them. The test split is never part of either."""
+  if not 0 <= validation_examples < len(train):
+    raise ValueError(f"validation_examples={validation_examples}: must be in [0, "
+                     f"{len(train)}) for a training split of {len(train)} examples")
+  return train[:validation_examples], train[validation_examples:]
 
 
 def class_names(dataset, data_dir=None):

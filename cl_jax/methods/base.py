@@ -23,6 +23,7 @@ class Method:
   the model parts it adds. Subclasses override what they need."""
   name = None
   uses_predictor = False  # the model gets a predictor after the projection head (BYOL)
+  uses_labels = False  # the loss reads class labels: pre-training leaves the validation split out
 
   def check_config(self, config, fail):
     """Checks the fields this method reads; `fail(field, value, message)` raises."""

@@ -7,6 +7,7 @@ from cl_jax.methods import base
 
 @base.register("supcon")
 class SupCon(base.PairwiseMethod):
+  uses_labels = True
 
   def pairwise(self, z1, z2, batch, config, axis_name):
     return losses.supervised_contrastive(z1, z2, batch["label"], config.temperature, axis_name)
