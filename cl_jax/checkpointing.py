@@ -16,14 +16,16 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def state_to_tree(state, rng, schedule_steps):
+def state_to_tree(state, rng, schedule_steps, train_seconds=0.0):
   """The host pytree that is checkpointed: step, params, optimizer state, base key, the
-  length of the learning-rate (and momentum) schedule, BatchNorm's running averages where
-  the model has BN, and the method's own state (its keys at the top level, as written
-  before methods had a state of their own, so older checkpoints keep restoring)."""
+  length of the learning-rate (and momentum) schedule, the seconds trained up to this
+  step (over every resumed segment), BatchNorm's running averages where the model has
+  BN, and the method's own state (its keys at the top level, as written before methods
+  had a state of their own, so older checkpoints keep restoring)."""
   tree = {"step": np.asarray(state.step), "params": state.params,
           "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng)),
-          "schedule_steps": np.asarray(schedule_steps, np.int64)}
+          "schedule_steps": np.asarray(schedule_steps, np.int64),
+          "train_seconds": np.asarray(train_seconds, np.float64)}
   if state.batch_stats is not None:
     tree["batch_stats"] = state.batch_stats
   for key, value in (state.method_state or {}).items():
@@ -48,8 +50,13 @@ def tree_to_state(tree, state_template):
   return state, jax.random.wrap_key_data(tree["rng"]), schedule_steps
 
 
+def saved_train_seconds(tree):
+  """The seconds trained up to a restored checkpoint; None where it predates the field."""
+  return float(tree["train_seconds"]) if "train_seconds" in tree else None
+
+
 # Keys a checkpoint may lack (written by an earlier version); restored only where present.
-_OPTIONAL_KEYS = ("schedule_steps",)
+_OPTIONAL_KEYS = ("schedule_steps", "train_seconds")
 
 
 # Config fields a resumed run may change: they do not alter the training math.

@@ -71,7 +71,9 @@ def get_config():
   config.queue_size = 4096  # moco: keys in the queue of negatives (a ring buffer; any positive size).
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
-  config.max_steps = -1  # Stop after this many steps in total; -1 = no limit.
+  # Stop this invocation at this global step, at most the schedule's end (num_epochs), which
+  # it does not shorten; -1 = run to the schedule's end. A finished workdir is left as it is.
+  config.max_steps = -1
   config.optimizer = "adam"  # "adam", "adamw" or "sgd" (momentum 0.9).
   config.learning_rate = 1e-3  # Peak learning rate.
   config.weight_decay = 0.0  # Decoupled weight decay (adamw only).

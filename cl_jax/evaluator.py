@@ -3,7 +3,6 @@
 import functools
 import hashlib
 import json
-import math
 import os
 import tempfile
 
@@ -20,6 +19,7 @@ from cl_jax import checkpointing  # pylint: disable=wrong-import-position
 from cl_jax import data  # pylint: disable=wrong-import-position
 from cl_jax import diagnostics  # pylint: disable=wrong-import-position
 from cl_jax import evaluation  # pylint: disable=wrong-import-position
+from cl_jax import metric_logging  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
 from cl_jax import multihost  # pylint: disable=wrong-import-position
 from cl_jax import parallel  # pylint: disable=wrong-import-position
@@ -47,17 +47,6 @@ def read_json(path):
     return json.load(f)
 
 
-def strict_json_value(obj):
-  """`obj` with every NaN or infinite float replaced by None (JSON has no NaN)."""
-  if isinstance(obj, dict):
-    return {k: strict_json_value(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [strict_json_value(v) for v in obj]
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
-
-
 def write_json(path, obj):
   """Writes strict JSON atomically: a killed process leaves the old file or the new one,
   and writers finishing at once each rename their own temporary file."""
@@ -65,7 +54,8 @@ def write_json(path, obj):
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(strict_json_value(obj), f, indent=2, sort_keys=True, allow_nan=False)
+      json.dump(metric_logging.strict_json_value(obj), f, indent=2, sort_keys=True,
+                allow_nan=False)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -223,6 +213,32 @@ def results_table(results):
       lines.append(f"| {name} | {100 * results[key]:.2f}% | "
                    f"{100 * results['raw_pixels'][key]:.2f}% |")
   return "\n".join(lines)
+
+
+# The headline metrics of the closing summary: (results.json key, name).
+SUMMARY_ROWS = (("validation_knn", "validation k-NN"), ("knn_train_test", "test k-NN train -> test"),
+                ("linear_probe", "test linear probe"))
+
+
+def summary(results, workdir, config):
+  """The few lines a run ends with on the console: its headline metrics against raw pixels
+  and where its report, plots and checkpoints are."""
+  lines = []
+  if "eval_step" in results:
+    lines.append(f"{config.method} on {config.dataset}, step {results['eval_step']} "
+                 f"(k = {config.knn_k}, encoder features):")
+    for key, name in SUMMARY_ROWS:
+      if key in results:
+        lines.append(f"  {name}: {100 * results[key]:.2f}% "
+                     f"(raw pixels {100 * results['raw_pixels'][key]:.2f}%)")
+    lines.append(f"report: {os.path.join(workdir, 'report.md')} (tsne.png, loss.png, knn.png "
+                 "beside it)")
+  else:
+    lines.append(f"trained to step {results.get('steps')}; no evaluation "
+                 f"(python -m cl_jax.evaluate --workdir {workdir})")
+  lines.append(f"results: {os.path.join(workdir, 'results.json')}; checkpoints: "
+               f"{checkpointing.checkpoint_dir(workdir)}")
+  return lines
 
 
 def positive_pairs(images, config):

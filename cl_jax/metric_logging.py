@@ -2,9 +2,22 @@
 
 import json
 import logging
+import math
 import os
 
 from cl_jax import multihost
+
+
+def strict_json_value(obj):
+  """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and strict
+  readers (JavaScript's JSON.parse, jq) refuse Python's NaN and Infinity."""
+  if isinstance(obj, dict):
+    return {k: strict_json_value(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json_value(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
 
 
 class MetricWriter:
@@ -36,7 +49,8 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.write(json.dumps(strict_json_value({"step": int(step), **scalars}),
+                                 allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._summary is None:
       return

@@ -7,6 +7,7 @@ collective across processes (NCCL on GPU, ICI/DCN on TPU, Gloo on CPU).
 """
 
 import itertools
+import os
 import zlib
 
 from absl import flags
@@ -24,6 +25,36 @@ def define_flags():
                       "host:port of process 0, reachable from every process.")
   flags.DEFINE_integer("num_processes", None, "How many processes in all.")
   flags.DEFINE_integer("process_id", None, "This process's index, 0 .. n-1.")
+  flags.DEFINE_string(
+      "local_device_ids", "", "The GPUs this process drives, as ordinals among those it "
+      "sees: \"\" = automatic (see multihost.local_device_ids), \"all\" = every GPU it sees "
+      "(one process per host under SLURM or Open MPI), or a list such as 0,1.")
+
+
+# The variables that restrict which GPUs a process sees (NVIDIA, AMD).
+VISIBLE_DEVICES_ENV = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+def local_device_ids(flag_value, environ=None):
+  """The `local_device_ids` to pass to `jax.distributed.initialize`.
+
+  "all": [] (no restriction: every device the process sees). A list: those ordinals.
+  "" (automatic): [0] where the process sees exactly one GPU (one of VISIBLE_DEVICES_ENV
+  names one device), else None, JAX's default: under SLURM and Open MPI that is the
+  task's local rank, right for one process per GPU on a host whose every GPU each task
+  sees, but an invalid ordinal for a task that sees only its own GPU (`srun
+  --gpus-per-task=1`: ordinal 0 is its only one, and JAX would ask for SLURM_LOCALID).
+  """
+  environ = os.environ if environ is None else environ
+  if flag_value == "all":
+    return []
+  if flag_value:
+    return [int(v) for v in flag_value.split(",")]
+  for name in VISIBLE_DEVICES_ENV:
+    visible = [v for v in environ.get(name, "").split(",") if v.strip()]
+    if len(visible) == 1:
+      return [0]
+  return None
 
 
 def initialize_from_flags():
@@ -31,20 +62,23 @@ def initialize_from_flags():
   values = flags.FLAGS
   cluster = (values.coordinator_address, values.num_processes, values.process_id)
   if values.distributed or any(value is not None for value in cluster):
-    initialize(*cluster)
+    initialize(*cluster, local_device_ids(values.local_device_ids))
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None):
+def initialize(coordinator_address=None, num_processes=None, process_id=None,
+               device_ids=None):
   """Calls `jax.distributed.initialize`; arguments left None are auto-detected.
 
   Auto-detection covers TPU pod slices, SLURM and Open MPI; elsewhere pass all
   three (the coordinator is process 0's `host:port`, reachable by every process).
+  `device_ids`: `local_device_ids`' result.
   """
   # Only the CPU backend reads this; it gives CPU-only clusters (and the localhost
   # test) cross-process collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=device_ids)
 
 
 def is_multiprocess():

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,8 @@ from cl_jax import models
 from cl_jax import multihost
 from cl_jax import parallel
 from cl_jax import train_step as train_step_lib
+
+logger = logging.getLogger(__name__)
 
 
 def params_sha256(params):
@@ -239,20 +242,60 @@ def load_training_data(config, data_dir):
 
 
 def check_resumable(workdir, config):
-  """Refuses (CheckpointError) to resume a workdir written by a different config."""
+  """The fields that differ from the config WORKDIR's checkpoints were trained with
+  ({field: (saved, now)}, empty for a new workdir); refuses (CheckpointError) to resume
+  with any unless config.resume is "force"."""
   path = os.path.join(workdir, "config.json")
-  if config.resume == "force" or not os.path.exists(path):
-    return
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-    return
+  if not (os.path.exists(path) and os.path.isdir(checkpointing.checkpoint_dir(workdir))):
+    return {}
   with open(path, encoding="utf-8") as f:
     differences = checkpointing.config_differences(f.read(), config,
                                                    default_config.get_config())
-  if differences:
-    listed = "; ".join(f"{k}: {saved!r} -> {now!r}" for k, (saved, now) in differences.items())
+  if differences and config.resume != "force":
     raise checkpointing.CheckpointError(
-        f"{workdir} holds a run of a different config ({listed}); use another workdir, or "
-        "--config.resume=force to resume it anyway")
+        f"{workdir} holds a run of a different config ({describe(differences)}); use another "
+        "workdir, or --config.resume=force to resume it anyway")
+  return differences
+
+
+def describe(differences):
+  return "; ".join(f"{k}: {saved!r} -> {now!r}" for k, (saved, now) in differences.items())
+
+
+def write_config(workdir, config, restored_step, differences):
+  """config.json (process 0), once the restore it describes has succeeded; a resume that
+  changed fields (resume=force) is also appended to config_changes.jsonl."""
+  if not multihost.is_main_process():
+    return
+  if restored_step is not None and differences:
+    logger.warning("resumed step %d with a changed config: %s", restored_step,
+                   describe(differences))
+    with open(os.path.join(workdir, "config_changes.jsonl"), "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": restored_step, "changes": {
+          k: {"saved": saved, "now": now} for k, (saved, now) in differences.items()}}) + "\n")
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json(indent=2))
+
+
+def finished_run(config, workdir, step, state, total_steps):
+  """A re-run of a run already at (or past) its last step: nothing is trained and the
+  training record in results.json is kept; the evaluation runs only where results.json
+  lacks one of this checkpoint. Returns the results."""
+  path = os.path.join(workdir, "results.json")
+  results = evaluator.read_json(path)
+  if multihost.is_main_process():
+    logger.warning("%s is already trained to step %d (this config stops at %d): nothing to "
+                   "train; its training record is kept", workdir, step, total_steps)
+  multihost.barrier("finished_run_read")
+  if "params_sha256" not in results:  # stopped between its last checkpoint and its record
+    results.update({"steps": step, "params_sha256": params_sha256(state.params),
+                    "train_seconds": None, "images_per_second": None,
+                    "num_devices": None, "resumed_from_step": step})
+    if multihost.is_main_process():
+      evaluator.write_json(path, results)
+  if config.evaluate_at_end and results.get("eval_step") != step:
+    results = evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
+  return results
 
 
 def train_and_evaluate(config, workdir):
@@ -260,18 +303,18 @@ def train_and_evaluate(config, workdir):
 
   Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/ and results.json. Under
   jax.distributed every process calls it with the same config and a shared WORKDIR.
+  A workdir already trained to its last step is left as it is (`finished_run`).
   """
+  # Checks, before any data or compilation.
   devices = parallel.select_devices(config)
   config_validation.validate(config, len(devices), default_config.get_config(),
                              jax.process_count())
   config_validation.check_workdir(workdir)
-  check_resumable(workdir, config)
+  differences = check_resumable(workdir, config)
   multihost.barrier("config_checked")  # before process 0 rewrites config.json
   is_main = multihost.is_main_process()
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=2))
 
+  # Data and schedule.
   data_dir = config.data_dir or data.default_data_dir()
   train, validation, rest = load_training_data(config, data_dir)
   steps_per_epoch = len(train) // config.batch_size
@@ -284,30 +327,38 @@ def train_and_evaluate(config, workdir):
   # it is the uninterrupted run. A resumed run keeps the schedule its checkpoint saved.
   schedule_steps = config.num_epochs * steps_per_epoch
 
+  # Model and state, restored from the latest checkpoint if there is one.
   model = models.create_model(config)
   init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
   state = train_step_lib.create_train_state(
       model, train_step_lib.create_optimizer(config, steps_per_epoch, schedule_steps), init_key,
       train.images.shape[1:], config)
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
-
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
       jax.device_get(state), jax.random.wrap_key_data(base_key), schedule_steps))
+  trained_seconds = 0.0  # in earlier segments of this run
   if tree is not None:
     state, keys, saved_schedule = checkpointing.tree_to_state(tree, state)
     base_key = jax.random.key_data(keys)
+    trained_seconds = checkpointing.saved_train_seconds(tree) or 0.0
     if saved_schedule is not None and saved_schedule != schedule_steps:
-      logging.warning("the checkpoint's schedule is %d steps, the config's %d: keeping the "
-                      "checkpoint's", saved_schedule, schedule_steps)
+      logger.warning("the checkpoint's schedule is %d steps, the config's %d: keeping the "
+                     "checkpoint's", saved_schedule, schedule_steps)
       schedule_steps = saved_schedule
       state = state.replace(tx=train_step_lib.create_optimizer(config, steps_per_epoch,
                                                                schedule_steps))
-    logging.info("resumed from step %d", restored_step)
+    if is_main:
+      logger.info("resumed from step %d", restored_step)
+  write_config(workdir, config, restored_step, differences)
   start_step = int(state.step)
   total_steps = schedule_steps if config.max_steps < 0 else min(schedule_steps, config.max_steps)
+  if start_step >= total_steps:
+    checkpointer.close()
+    return finished_run(config, workdir, start_step, state, total_steps)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
+  # The train step on the devices, the online monitor and the logs.
   steps_per_call = resolve_steps_per_call(config, steps_per_epoch, devices[0].platform)
   training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps,
                               steps_per_call)
@@ -333,8 +384,10 @@ def train_and_evaluate(config, workdir):
 
   def save(step):
     checkpointer.save(step, checkpointing.state_to_tree(
-        dp.get_state(state), jax.random.wrap_key_data(base_key), schedule_steps))
+        dp.get_state(state), jax.random.wrap_key_data(base_key), schedule_steps,
+        trained_seconds + time.perf_counter() - train_start))
 
+  # The loop.
   try:
     with stop_requests() as stop_requested:
       step, call = start_step, 0
@@ -379,6 +432,7 @@ def train_and_evaluate(config, workdir):
     checkpointer.close()
     writer.close()
 
+  # The training record, then the evaluation.
   host_state = dp.get_state(state)
   steady_steps = total_steps - start_step - first_call_steps
   steady_seconds = loop_end - first_call_end
@@ -387,11 +441,12 @@ def train_and_evaluate(config, workdir):
       "steps": total_steps,
       "schedule_steps": schedule_steps,
       "epochs": total_steps / steps_per_epoch,
-      "train_seconds": loop_end - train_start,
-      "first_call_seconds": first_call_end - train_start,  # compilation included
+      "train_seconds": trained_seconds + loop_end - train_start,  # every segment
+      "first_call_seconds": first_call_end - train_start,  # this segment's; compilation included
       "steps_per_call": steps_per_call,
+      # This segment's steady state; None when its first call was all of it.
       "images_per_second": (steady_steps * config.batch_size / steady_seconds
-                            if steady_steps > 0 else float("nan")),
+                            if steady_steps > 0 else None),
       "num_devices": len(devices),
       "parallel": config.parallel,
       "resumed_from_step": start_step,

@@ -273,12 +273,14 @@ ABLATIONS = [
 
 def check_ablations(out_dir, train, names):
   """Section 7: each run of ABLATIONS (or those in `names`) trained for 5 epochs at HIGHEST
-  matmul precision (float32 products, as on CPU); the online monitor after each epoch and
-  k-NN train -> test (scikit-learn, euclidean and cosine) of the encoder's features."""
+  matmul precision (float32 products, as on CPU); the online monitor (validation queries)
+  after each epoch and the evaluation's metrics of the encoder's features: validation
+  first (compare ablations on those), test."""
   from cl_jax import data, evaluation, trainer  # pylint: disable=g-import-not-at-top
   from cl_jax import models  # pylint: disable=g-import-not-at-top
   from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from cl_jax.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from cl_jax import evaluator  # pylint: disable=g-import-not-at-top
   from cl_jax.evaluator import read_metrics  # pylint: disable=g-import-not-at-top
   test = data.load_split("mnist", "test")
   out = {}
@@ -302,9 +304,8 @@ def check_ablations(out_dir, train, names):
         "config": config_name, "overrides": overrides, "final_loss": results["final_loss"],
         "train_seconds": results["train_seconds"],
         "finite_losses": bool(np.all(np.isfinite([m["loss"] for m in logged if "loss" in m]))),
-        "knn_train_test": evaluation.knn_accuracy(train_x, train.labels, test_x, test.labels, 5),
-        "knn_train_test_cosine": evaluation.knn_accuracy(train_x, train.labels, test_x,
-                                                         test.labels, 5, "cosine"),
+        # Validation (what an ablation is judged on) and test (reported) metrics.
+        **evaluator.embedding_metrics(train_x, train.labels, test_x, test.labels, config),
         "monitor": [{k: m[k] for k in m if k.startswith("knn_monitor")}
                     for m in logged if "knn_monitor" in m],
         "seconds": time.perf_counter() - start}
@@ -322,7 +323,8 @@ def check_default_run(out_dir, config_name):
   start = time.perf_counter()
   results = trainer.train_and_evaluate(config, workdir)
   results["wall_seconds_train_and_evaluate"] = time.perf_counter() - start
-  keep = ("knn_train_test", "knn_train_test_cosine", "knn_seed", "linear_probe", "raw_pixels",
+  keep = ("validation_knn", "validation_knn_cosine", "validation_linear_probe",
+          "knn_train_test", "knn_train_test_cosine", "knn_seed", "linear_probe", "raw_pixels",
           "train_seconds", "images_per_second", "first_call_seconds", "steps", "steps_per_call",
           "params_sha256", "wall_seconds_train_and_evaluate", "final_loss")
   return {k: results[k] for k in keep if k in results}

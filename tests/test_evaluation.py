@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
 
 from cl_jax import evaluation
 from cl_jax import models
@@ -77,16 +78,29 @@ def test_k_larger_than_fit_set_is_refused():
 
 
 def test_knn_report_protocols():
+  """All four keys against brute force, on rows whose norms vary by a factor of 100, so
+  that euclidean and cosine neighbours differ: a swapped metric or protocol would show."""
   train_x, train_y = clustered_data(500, 4, 3, seed=1)
   test_x, test_y = clustered_data(evaluation.SEED_PROTOCOL_FIT + 300, 4, 3, seed=2)
+  scale = lambda x, seed: x * np.random.default_rng(seed).uniform(0.1, 10, (len(x), 1))
+  train_x, test_x = scale(train_x, 3).astype(np.float32), scale(test_x, 4).astype(np.float32)
   report = evaluation.knn_report(train_x, train_y, test_x, test_y, k=3)
   fit = slice(0, evaluation.SEED_PROTOCOL_FIT)
   query = slice(evaluation.SEED_PROTOCOL_FIT, None)
-  expected_seed = np.mean(knn_brute_force(test_x[fit], test_y[fit], test_x[query], 3,
-                                          "euclidean") == test_y[query])
-  expected_cos = np.mean(knn_brute_force(train_x, train_y, test_x, 3, "cosine") == test_y)
-  assert report["knn_seed"] == pytest.approx(expected_seed, abs=1e-12)
-  assert report["knn_train_test_cosine"] == pytest.approx(expected_cos, abs=1e-12)
+  expected = {}
+  for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
+    expected["knn_seed" + suffix] = np.mean(knn_brute_force(
+        test_x[fit], test_y[fit], test_x[query], 3, metric) == test_y[query])
+    expected["knn_train_test" + suffix] = np.mean(
+        knn_brute_force(train_x, train_y, test_x, 3, metric) == test_y)
+  assert set(report) == set(expected)
+  for key, value in expected.items():
+    assert report[key] == pytest.approx(value, abs=1e-12), key
+  # The input separates what the keys name, so a swap cannot pass the exact comparisons
+  # above (seen here: 77.9% euclidean against 79.2% cosine for train -> test).
+  assert abs(expected["knn_train_test"] - expected["knn_train_test_cosine"]) > 0.005
+  assert abs(expected["knn_seed"] - expected["knn_seed_cosine"]) > 0.005
+  assert abs(expected["knn_seed"] - expected["knn_train_test"]) > 0.005
 
 
 def test_linear_probe_matches_sklearn_logistic_regression():
@@ -98,6 +112,26 @@ def test_linear_probe_matches_sklearn_logistic_regression():
       (test_x - mean) / std, test_y)
   assert 0.5 < reference < 0.99  # neither trivial nor hopeless
   # Same model class, slightly different regularisation: within 1.5 points.
+  assert ours == pytest.approx(reference, abs=0.015)
+
+
+def test_linear_probe_standardises_with_the_training_statistics():
+  """Test features shifted and scaled away from the training ones: standardising them with
+  the training split's mean and std (scikit-learn's StandardScaler fit on train, the
+  protocol) leaves them off-centre; standardising each split with its own statistics
+  would undo the shift and score far higher (the test on shared blobs passes either way;
+  seen failing here with per-split statistics). Ours must be the former, within 1.5
+  points. (One transform fit on test and applied to both splits is affine for the
+  probe and changes little: not a bug accuracy can show.)"""
+  train_x, train_y = clustered_data(2000, 20, 10, seed=3, spread=0.6)
+  test_x, test_y = clustered_data(1000, 20, 10, seed=4, spread=0.6)
+  test_x = (test_x * 1.5 + 2.0).astype(np.float32)
+  ours = evaluation.linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10)
+  scaler = StandardScaler().fit(train_x)
+  classifier = LogisticRegression(max_iter=2000).fit(scaler.transform(train_x), train_y)
+  reference = classifier.score(scaler.transform(test_x), test_y)
+  own_statistics = classifier.score(StandardScaler().fit_transform(test_x), test_y)
+  assert own_statistics - reference > 0.2  # the input shows the bug
   assert ours == pytest.approx(reference, abs=0.015)
 
 

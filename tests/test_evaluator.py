@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
 
 from cl_jax import data
 from cl_jax import default_config
@@ -51,17 +54,20 @@ def test_train_then_evaluate_writes_everything(mnist_data_dir, tmp_path):
   assert [m["step"] for m in monitor] == [16, 32]
   with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
     report = f.read()
-  assert "| k-NN train -> test, cosine |" in report and "tsne.png" in report
+  assert "| test: k-NN train -> test, cosine |" in report and "tsne.png" in report
+  assert "| validation: k-NN (rest of train -> validation), euclidean |" in report
+  for key in ("validation_knn", "validation_knn_cosine", "validation_linear_probe"):
+    assert 0.5 < results[key] <= 1.0 and 0.8 < results["raw_pixels"][key] <= 1.0, key
 
   # The command recomputes the same numbers from the checkpoint (deterministic).
   os.remove(os.path.join(workdir, "tsne.png"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run([sys.executable, "-m", "cl_jax.evaluate", "--workdir", workdir],
                        capture_output=True, text=True, env=env, check=True).stdout
-  assert "| k-NN seed (test 8k -> 2k), euclidean |" in out
+  assert "| test: k-NN seed (test 8k -> 2k), euclidean |" in out
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     again = json.load(f)
-  for key in ("knn_seed", "knn_train_test", "knn_train_test_cosine"):
+  for key in ("knn_seed", "knn_train_test", "knn_train_test_cosine", "validation_knn"):
     assert again[key] == results[key], key
   assert os.path.exists(os.path.join(workdir, "tsne.png"))
 
@@ -216,3 +222,56 @@ def test_report_table_shows_the_diagnostics():
              for line in table)
   assert "| k-NN train -> test, cosine | 98.77% | 50.00% |" in table
   assert any("collapse shows as effective rank near 1" in line for line in table)
+
+
+def test_validation_metrics_fit_on_the_rest_and_predict_the_validation_rows():
+  """validation_* against scikit-learn fit on rows V: and predicting rows :V. Labels are
+  random, so a bank that contained the validation rows themselves would score 100% with
+  k = 1 (each row its own neighbour) instead of chance."""
+  rng = np.random.default_rng(0)
+  train_x, train_y = rng.normal(size=(600, 5)).astype(np.float32), rng.integers(0, 4, 600)
+  test_size = evaluation.SEED_PROTOCOL_FIT + 100  # the seed protocol's fit set, then 100
+  test_x = rng.normal(size=(test_size, 5)).astype(np.float32)
+  test_y = rng.integers(0, 4, test_size)
+  config = default_config.get_config()
+  config.validation_examples, config.knn_k = 150, 1
+  metrics = evaluator.embedding_metrics(train_x, train_y, test_x, test_y, config)
+  for suffix, (fit_x, val_x) in (("", (train_x[150:], train_x[:150])),
+                                 ("_cosine", (evaluation.normalize_rows(train_x[150:]),
+                                              evaluation.normalize_rows(train_x[:150])))):
+    expected = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(
+        fit_x, train_y[150:]).score(val_x, train_y[:150])
+    assert metrics["validation_knn" + suffix] == pytest.approx(expected, abs=1e-12)
+    assert metrics["validation_knn" + suffix] < 0.5  # chance is 0.25; self-matches give 1.0
+  scaler = StandardScaler().fit(train_x[150:])
+  probe = LogisticRegression(max_iter=2000).fit(scaler.transform(train_x[150:]), train_y[150:])
+  assert metrics["validation_linear_probe"] == pytest.approx(
+      probe.score(scaler.transform(train_x[:150]), train_y[:150]), abs=0.03)
+  # The test keys fit on every training row (the validation ones included).
+  expected = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(
+      train_x, train_y).score(test_x, test_y)
+  assert metrics["knn_train_test"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_raw_pixel_cache_follows_the_settings_and_the_code(tmp_path, monkeypatch):
+  """The cached baseline is reused for the same data, settings and evaluation code, and
+  recomputed when any of them changes (before: keyed by the data alone, so a fixed probe
+  kept its old baseline)."""
+  rng = np.random.default_rng(0)
+  split = lambda n: data.Split(rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8),
+                               rng.integers(0, 3, n).astype(np.int32))
+  train, test = split(300), split(evaluation.SEED_PROTOCOL_FIT + 50)
+  computed = []
+  monkeypatch.setattr(evaluator, "embedding_metrics",
+                      lambda *args: computed.append(args[-1].to_dict()) or {"knn_seed": 0.5})
+  config = default_config.get_config()
+  config.cache_dir, config.validation_examples = str(tmp_path), 100
+  evaluator.raw_pixel_metrics(train, test, config)
+  evaluator.raw_pixel_metrics(train, test, config)
+  assert len(computed) == 1  # cached
+  config.validation_examples = 50
+  evaluator.raw_pixel_metrics(train, test, config)
+  assert len(computed) == 2  # another split: another baseline
+  monkeypatch.setattr(evaluator, "evaluation_code_version", lambda: "changed")
+  evaluator.raw_pixel_metrics(train, test, config)
+  assert len(computed) == 3  # other evaluation code: computed again

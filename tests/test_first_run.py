@@ -50,3 +50,34 @@ def test_first_run_from_another_directory_trains_and_evaluates(mnist_data_dir, t
     results = json.load(f)
   assert results["steps"] == 10 and 0.5 < results["knn_train_test"] <= 1
   assert (workdir / "report.md").exists() and (workdir / "tsne.png").exists()
+
+
+def test_readme_override_example_has_a_workdir_of_its_own():
+  """The README's override example used to write into runs/mnist, after which the README's
+  plain command was refused (another config in that workdir)."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  example = readme.split("Override any config field on the command line")[1].split("```")[1]
+  assert "--config.max_steps" in example and "--config.num_epochs" in example
+  workdir = example.split("--workdir")[1].split()[0]
+  assert workdir != os.path.join("runs", "mnist"), workdir
+
+
+@pytest.mark.slow  # ~1 min: a subprocess run with evaluation
+def test_console_is_quiet_and_ends_with_a_summary(mnist_data_dir, tmp_path):
+  """A short run prints its workdir, no INFO lines of the libraries (there were 94 in a
+  300-step run) and ends with the headline metrics against raw pixels and the paths."""
+  workdir = tmp_path / "run"
+  proc = train(str(tmp_path), ["--workdir", str(workdir), "--config.progress_bar=False",
+                               f"--config.data_dir={mnist_data_dir}", "--config.max_steps=4",
+                               "--config.eval_train_examples=2000",
+                               "--config.tsne_points=100", "--config.eval_every_epochs=0"],
+               CL_JAX_CACHE=str(tmp_path / "cache"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = (proc.stderr + proc.stdout).splitlines()
+  assert len(lines) <= 12, "\n".join(lines)
+  assert not [line for line in lines if line[:1] == "I" and line[1:5].isdigit()], lines
+  summary = proc.stdout
+  assert "validation k-NN:" in summary and "test k-NN train -> test:" in summary
+  assert summary.count("(raw pixels") == 3
+  assert f"report: {workdir / 'report.md'}" in summary and "checkpoints:" in summary

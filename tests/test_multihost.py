@@ -17,6 +17,7 @@ import pytest
 
 from cl_jax import checkpointing
 from cl_jax import models
+from cl_jax import multihost
 from cl_jax import train_step as train_step_lib
 from cl_jax import trainer
 from cl_jax.evaluator import read_metrics
@@ -47,6 +48,15 @@ def free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+def port_is_free(port):
+  with socket.socket() as s:
+    try:
+      s.bind(("localhost", port))
+      return True
+    except OSError:
+      return False
 
 
 def launch(command, log_prefix, cache_dir):
@@ -215,3 +225,50 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
   for name in ("params", "batch_stats", "momentum_params", "momentum_batch_stats"):
     jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
         a, b, rtol=0, atol=PARAMS_TOLERANCE, err_msg=name), tree[name], reference_tree[name])
+
+
+@pytest.mark.parametrize("flag,environ,expected", [
+    # srun --gpus-per-task=1: each task sees its one GPU (as "3" without cgroups, "0" with);
+    # JAX's own rule would ask for ordinal SLURM_LOCALID = 3, which does not exist there.
+    ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "3"}, [0]),
+    ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0"}, [0]),
+    ("", {"OMPI_COMM_WORLD_LOCAL_RANK": "1", "HIP_VISIBLE_DEVICES": "1"}, [0]),
+    # Every GPU visible to every task: JAX's default (the local rank) is right.
+    ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, None),
+    ("", {"SLURM_LOCALID": "3"}, None),
+    ("all", {"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "0"}, []),
+    ("1,2", {}, [1, 2]),
+])
+def test_local_device_ids(flag, environ, expected):
+  assert multihost.local_device_ids(flag, environ) == expected
+
+
+@pytest.mark.slow  # ~40 s: two short training processes
+def test_slurm_auto_detection_starts_one_cluster(mnist_data_dir, tmp_path):
+  """--distributed with SLURM's variables (2 tasks on this host, each seeing its own
+  'GPU' as srun --gpus-per-task=1 sets it) and nothing else: JAX's SLURM detection finds
+  the coordinator, count and index, and the two processes train as one 4-device run."""
+  # JAX derives the coordinator's port from the job id: id % 4096 + 61440; take a free one.
+  job_id = next(port - 61440 for port in range(61440, 65536) if port_is_free(port))
+  workdir = str(tmp_path / "slurm")
+  command = [sys.executable, "-m", "cl_jax.train", "--config", "configs/mnist_seed.py",
+             "--workdir", workdir, f"--config.data_dir={mnist_data_dir}",
+             "--config.progress_bar=False", "--config.evaluate_at_end=False",
+             "--config.eval_every_epochs=0", "--config.max_steps=4",
+             *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], "--distributed"]
+  launched = []
+  for task in range(2):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", CL_JAX_CACHE=str(tmp_path / "cache"),
+               SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+               SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
+               CUDA_VISIBLE_DEVICES=str(task))
+    log = str(tmp_path / f"task{task}.log")
+    with open(log, "w", encoding="utf-8") as stderr:
+      launched.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=stderr), log))
+  for status, stderr in finish(launched):
+    assert status == 0, stderr[-3000:]
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
+  assert results["num_devices"] == 4 and results["steps"] == 4

@@ -14,8 +14,9 @@ from configs import mnist, mnist_byol, mnist_seed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
-METRICS = ("knn_seed", "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine",
-           "linear_probe")
+# reproduce.py's columns, in order: validation first, then test.
+METRICS = ("validation_knn", "validation_knn_cosine", "validation_linear_probe", "knn_seed",
+           "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine", "linear_probe")
 
 
 def trained_config_json(command):
@@ -130,11 +131,30 @@ def test_reproduce_trains_each_seed_and_tables_mean_and_std(scripts, tmp_path, m
         [f"--config.seed={s}"] for s in seeds]
     runs = [made_up_results(d, s) for d, s in zip(dirs, seeds)]
     row = row_of(report, f"| `{name}` |")
-    assert row[1:6] == [cell([r[key] for r in runs]) for key in METRICS]
-    assert row[6] == cell([r["train_seconds"] for r in runs], 1 / 60, " min", 1)
+    assert row[1:9] == [cell([r[key] for r in runs]) for key in METRICS]
+    assert row[9] == cell([r["train_seconds"] for r in runs], 1 / 60, " min", 1)
     for s in seeds:
       assert f"- `{name}`, seed {s}: `python -m cl_jax.train --config configs/{name}.py" in report
-  assert row_of(report, "| raw pixels")[1:6] == ["95.00%"] * 5
+  assert row_of(report, "| raw pixels")[1:9] == ["95.00%"] * 8
+
+
+def test_reproduce_ablations_by_name(scripts, tmp_path, monkeypatch):
+  """--ablations runs the named variants of the default (each a row of its own) and refuses
+  an unknown name."""
+  reproduce, _ = scripts
+  out, workdir = tmp_path / "results.md", tmp_path / "runs"
+  argv = ["reproduce.py", "--configs", "mnist", "--workdir", str(workdir), "--out", str(out)]
+  monkeypatch.setattr(sys, "argv", argv + ["--ablations", "temperature_0.5,no_elastic_no_shear"])
+  reproduce.main()
+  assert [c[c.index("--workdir") + 1] for c in reproduce.commands] == [
+      str(workdir / name / "seed0") for name in ("mnist", "temperature_0.5", "no_elastic_no_shear")]
+  assert "--config.temperature=0.5" in reproduce.commands[1]
+  assert "--config.augment.elastic_alpha=0" in reproduce.commands[2]
+  report = out.read_text(encoding="utf-8")
+  assert row_of(report, "| `mnist, temperature_0.5` |") and row_of(report, "| `mnist` |")
+  monkeypatch.setattr(sys, "argv", argv + ["--ablations", "bigger_batch"])
+  with pytest.raises(SystemExit):
+    reproduce.main()
 
 
 def test_reproduce_with_one_seed_shows_single_values(scripts, tmp_path, monkeypatch):
@@ -146,7 +166,7 @@ def test_reproduce_with_one_seed_shows_single_values(scripts, tmp_path, monkeypa
   report = out.read_text(encoding="utf-8")
   seed = mnist_seed.get_config().seed
   results = made_up_results(str(workdir / "mnist_seed" / f"seed{seed}"), seed)
-  assert row_of(report, "| `mnist_seed` |")[1:6] == [f"{100 * results[k]:.2f}%" for k in METRICS]
+  assert row_of(report, "| `mnist_seed` |")[1:9] == [f"{100 * results[k]:.2f}%" for k in METRICS]
   assert "N = 1: one seed per row" in report and "±" not in report
 
 
@@ -161,13 +181,14 @@ def test_compare_methods_over_seeds_and_reuse(scripts, tmp_path, monkeypatch):
   assert all("--config.num_epochs=3" in c for c in reproduce.commands)
   first = out.read_text(encoding="utf-8")
   assert "N = 2 seeds per row" in first and "--seeds 2" in first
-  columns = ("knn_train_test", "knn_train_test_cosine", "linear_probe", "knn_seed")
+  columns = ("validation_knn", "validation_linear_probe", "knn_train_test",
+             "knn_train_test_cosine", "linear_probe", "knn_seed")
   for method, config in (("simclr", mnist), ("byol", mnist_byol)):
     seeds = [config.get_config().seed + i for i in range(2)]
     runs = [made_up_results(str(workdir / method / f"seed{s}"), s) for s in seeds]
     row = row_of(first, f"| {method} |")
-    assert row[2:6] == [cell([r[key] for r in runs]) for key in columns]
-    assert row[7] == cell([r["images_per_second"] for r in runs], 1, "", 0)
+    assert row[2:8] == [cell([r[key] for r in runs]) for key in columns]
+    assert row[9] == cell([r["images_per_second"] for r in runs], 1, "", 0)
 
   # Every run is reused: nothing trains, the same rows come back, each run listed.
   monkeypatch.setattr(sys, "argv", argv + ["--reuse"])
