@@ -13,11 +13,13 @@ import sys
 from absl import app
 from absl import flags
 
+from cl_jax import console
 from cl_jax import default_config
 from cl_jax import evaluator
 from cl_jax import multihost
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
+console.define_flags()
 multihost.define_flags()
 
 
@@ -46,6 +48,7 @@ def main(argv):
     sys.exit(2)
   with open(config_path, encoding="utf-8") as f:
     config = with_defaults(json.load(f))
+  console.quiet_libraries(flags.FLAGS.verbose)
   multihost.initialize_from_flags()
   try:
     results = evaluator.evaluate_run(config, _WORKDIR.value)

@@ -52,6 +52,9 @@ def write_json(path, obj):
   and writers finishing at once each rename their own temporary file."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(metric_logging.strict_json_value(obj), f, indent=2, sort_keys=True,
@@ -105,10 +108,11 @@ def fit_rows(config, num_train):
 
 
 def evaluation_code_version():
-  """SHA-256 of the code that computes the metrics (this module and cl_jax/evaluation.py):
-  a cached baseline computed by other code is recomputed, not reused."""
+  """SHA-256 of the code that computes the metrics (this module, cl_jax/evaluation.py and
+  cl_jax/data, which loads and scales the pixels): a cached baseline computed by other
+  code is recomputed, not reused."""
   digest = hashlib.sha256()
-  for module in (evaluation.__file__, __file__):
+  for module in (evaluation.__file__, __file__, data.__file__):
     with open(module, "rb") as f:
       digest.update(f.read())
   return digest.hexdigest()
@@ -226,7 +230,7 @@ def summary(results, workdir, config):
   lines = []
   if "eval_step" in results:
     lines.append(f"{config.method} on {config.dataset}, step {results['eval_step']} "
-                 f"(k = {config.knn_k}, encoder features):")
+                 f"(k = {results.get('knn_k', config.knn_k)}, encoder features):")
     for key, name in SUMMARY_ROWS:
       if key in results:
         lines.append(f"  {name}: {100 * results[key]:.2f}% "
@@ -347,6 +351,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
+  results["knn_k"] = config.knn_k
   # Which data the metrics were computed on (content and canonical order).
   results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
   pairs = positive_pairs(test.images[:DIAGNOSTIC_POINTS], config)

@@ -35,25 +35,42 @@ def define_flags():
 VISIBLE_DEVICES_ENV = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 
 
+# The variables through which a cluster tells a process its rank on its host.
+LOCAL_RANK_ENV = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+
+
 def local_device_ids(flag_value, environ=None):
   """The `local_device_ids` to pass to `jax.distributed.initialize`.
 
   "all": [] (no restriction: every device the process sees). A list: those ordinals.
-  "" (automatic): [0] where the process sees exactly one GPU (one of VISIBLE_DEVICES_ENV
-  names one device), else None, JAX's default: under SLURM and Open MPI that is the
-  task's local rank, right for one process per GPU on a host whose every GPU each task
-  sees, but an invalid ordinal for a task that sees only its own GPU (`srun
-  --gpus-per-task=1`: ordinal 0 is its only one, and JAX would ask for SLURM_LOCALID).
+  "" (automatic), by what the process sees (the first of VISIBLE_DEVICES_ENV that is set):
+  - JAX_LOCAL_DEVICE_IDS set, no GPU visible ("", "-1", SLURM's "NoDevFiles") or no
+    variable set: None, JAX's default (under SLURM and Open MPI the task's local rank,
+    right for one process per GPU on a host whose every GPU each task sees);
+  - exactly one GPU: [0], its only ordinal (`srun --gpus-per-task=1`, where JAX's default
+    would ask for ordinal SLURM_LOCALID, which does not exist there);
+  - a local rank at or past the number of GPUs it sees: [] (each task was given GPUs of
+    its own, e.g. `--gpus-per-task=2`, and JAX's default would again be out of range).
   """
   environ = os.environ if environ is None else environ
   if flag_value == "all":
     return []
   if flag_value:
     return [int(v) for v in flag_value.split(",")]
+  if environ.get("JAX_LOCAL_DEVICE_IDS"):
+    return None
   for name in VISIBLE_DEVICES_ENV:
-    visible = [v for v in environ.get(name, "").split(",") if v.strip()]
+    if name not in environ:
+      continue
+    visible = [v for v in environ[name].split(",") if v.strip() not in ("", "-1", "NoDevFiles")]
+    if not visible:
+      return None
     if len(visible) == 1:
       return [0]
+    ranks = [int(environ[r]) for r in LOCAL_RANK_ENV if environ.get(r, "").isdigit()]
+    if ranks and ranks[0] >= len(visible):
+      return []
+    return None
   return None
 
 
@@ -116,6 +133,14 @@ def worst_verdict(verdict):
   if not is_multiprocess():
     return verdict
   return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
+
+
+def agree(flags_of_main):
+  """Process 0's list of booleans, on every process (a decision all must take together)."""
+  if not is_multiprocess():
+    return list(flags_of_main)
+  values = multihost_utils.broadcast_one_to_all(np.asarray(flags_of_main, np.int32))
+  return [bool(v) for v in np.asarray(values)]
 
 
 def assert_same(values, message):

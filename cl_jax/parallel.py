@@ -34,8 +34,12 @@ def select_devices(config):
 
 
 def local_devices(config):
-  """This process's share of `select_devices(config)` (where it evaluates)."""
-  return [d for d in select_devices(config) if d.process_index == jax.process_index()]
+  """Where this process evaluates: its share of the run's devices (`select_devices`), or,
+  on a machine with fewer than `config.num_devices`, all of its own."""
+  if jax.process_count() > 1:
+    return jax.local_devices()
+  devices = jax.local_devices()
+  return devices[:config.num_devices] if config.num_devices > 0 else devices
 
 
 class DataParallel:

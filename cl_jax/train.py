@@ -7,17 +7,16 @@ slices, SLURM, Open MPI) or --coordinator_address/--num_processes/--process_id;
 see the README's multi-host section.
 """
 
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from cl_jax import checkpointing
 from cl_jax import config_validation
+from cl_jax import console
 from cl_jax import data
 from cl_jax import evaluator
 from cl_jax import multihost
@@ -28,18 +27,8 @@ _WORKDIR = flags.DEFINE_string(
     "name> (runs/mnist for configs/mnist.py) under the current directory.")
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.mark_flag_as_required("config")
-_VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Show the INFO logs of JAX, Orbax, TFDS and absl too (by default only "
-    "their warnings, cl_jax's own messages and the progress bar).")
+console.define_flags()
 multihost.define_flags()
-
-
-def quiet_libraries(verbose):
-  """The libraries' loggers at WARNING (INFO with `verbose`); cl_jax's own at INFO."""
-  level = logging.INFO if verbose else logging.WARNING
-  absl_logging.set_verbosity(level)
-  logging.getLogger().setLevel(level)
-  logging.getLogger("cl_jax").setLevel(logging.INFO)
 
 
 def parse_flags(argv):
@@ -63,7 +52,7 @@ def default_workdir(config_path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  quiet_libraries(_VERBOSE.value)
+  console.quiet_libraries(flags.FLAGS.verbose)
   multihost.initialize_from_flags()  # before anything else touches JAX's backends
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   if multihost.is_main_process():

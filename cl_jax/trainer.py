@@ -249,8 +249,14 @@ def check_resumable(workdir, config):
   if not (os.path.exists(path) and os.path.isdir(checkpointing.checkpoint_dir(workdir))):
     return {}
   with open(path, encoding="utf-8") as f:
-    differences = checkpointing.config_differences(f.read(), config,
-                                                   default_config.get_config())
+    saved = f.read()
+  differences = checkpointing.config_differences(saved, config, default_config.get_config())
+  # The validation split changes nothing a label-free method trains on; one that reads
+  # labels pre-trains without it, where a config saved before the field existed had none.
+  saved_validation = json.loads(saved).get("validation_examples", 0)
+  if (methods.get(config.method).uses_labels
+      and saved_validation != config.validation_examples):
+    differences["validation_examples"] = (saved_validation, config.validation_examples)
   if differences and config.resume != "force":
     raise checkpointing.CheckpointError(
         f"{workdir} holds a run of a different config ({describe(differences)}); use another "
@@ -277,25 +283,33 @@ def write_config(workdir, config, restored_step, differences):
     f.write(config.to_json(indent=2))
 
 
-def finished_run(config, workdir, step, state, total_steps):
-  """A re-run of a run already at (or past) its last step: nothing is trained and the
-  training record in results.json is kept; the evaluation runs only where results.json
-  lacks one of this checkpoint. Returns the results."""
+def finished_run(config, workdir, step, state, trained_seconds):
+  """A re-run of a run already at (or past) the step this config stops at: nothing is
+  trained and nothing rewritten (config.json included), except what is missing: a
+  training record of this checkpoint (a run stopped between its last checkpoint and its
+  record) and its evaluation (none yet of this step, or none of the validation split).
+  Every process takes this path together and follows process 0's reading of results.json
+  (the evaluation is a collective). Returns the results."""
   path = os.path.join(workdir, "results.json")
   results = evaluator.read_json(path)
+  sha256 = params_sha256(state.params)
+  stale_record = results.get("params_sha256") != sha256
+  needs_evaluation = config.evaluate_at_end and (
+      stale_record or results.get("eval_step") != step
+      or (config.validation_examples > 0 and "validation_knn" not in results))
+  stale_record, needs_evaluation = multihost.agree([stale_record, needs_evaluation])
   if multihost.is_main_process():
-    logger.warning("%s is already trained to step %d (this config stops at %d): nothing to "
-                   "train; its training record is kept", workdir, step, total_steps)
-  multihost.barrier("finished_run_read")
-  if "params_sha256" not in results:  # stopped between its last checkpoint and its record
-    results.update({"steps": step, "params_sha256": params_sha256(state.params),
-                    "train_seconds": None, "images_per_second": None,
-                    "num_devices": None, "resumed_from_step": step})
-    if multihost.is_main_process():
+    logger.warning("%s is already trained to step %d: nothing to train%s", workdir, step,
+                   "; writing its missing training record" if stale_record else
+                   "; its training record is kept")
+    if stale_record:
+      results = {"steps": step, "params_sha256": sha256, "train_seconds": trained_seconds,
+                 "resumed_from_step": step}
       evaluator.write_json(path, results)
-  if config.evaluate_at_end and results.get("eval_step") != step:
-    results = evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
-  return results
+  multihost.barrier("finished_run_recorded")
+  if needs_evaluation:
+    return evaluator.evaluate_run(config, workdir, progress=config.progress_bar)
+  return results if multihost.is_main_process() else evaluator.read_json(path)
 
 
 def train_and_evaluate(config, workdir):
@@ -337,11 +351,11 @@ def train_and_evaluate(config, workdir):
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
       jax.device_get(state), jax.random.wrap_key_data(base_key), schedule_steps))
-  trained_seconds = 0.0  # in earlier segments of this run
+  trained_seconds = 0.0  # in earlier segments of this run; None: not recorded there
   if tree is not None:
     state, keys, saved_schedule = checkpointing.tree_to_state(tree, state)
     base_key = jax.random.key_data(keys)
-    trained_seconds = checkpointing.saved_train_seconds(tree) or 0.0
+    trained_seconds = checkpointing.saved_train_seconds(tree)
     if saved_schedule is not None and saved_schedule != schedule_steps:
       logger.warning("the checkpoint's schedule is %d steps, the config's %d: keeping the "
                      "checkpoint's", saved_schedule, schedule_steps)
@@ -350,12 +364,12 @@ def train_and_evaluate(config, workdir):
                                                                schedule_steps))
     if is_main:
       logger.info("resumed from step %d", restored_step)
-  write_config(workdir, config, restored_step, differences)
   start_step = int(state.step)
   total_steps = schedule_steps if config.max_steps < 0 else min(schedule_steps, config.max_steps)
   if start_step >= total_steps:
     checkpointer.close()
-    return finished_run(config, workdir, start_step, state, total_steps)
+    return finished_run(config, workdir, start_step, state, trained_seconds)
+  write_config(workdir, config, restored_step, differences)
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
   # The train step on the devices, the online monitor and the logs.
@@ -385,7 +399,7 @@ def train_and_evaluate(config, workdir):
   def save(step):
     checkpointer.save(step, checkpointing.state_to_tree(
         dp.get_state(state), jax.random.wrap_key_data(base_key), schedule_steps,
-        trained_seconds + time.perf_counter() - train_start))
+        (trained_seconds or 0.0) + time.perf_counter() - train_start))
 
   # The loop.
   try:
@@ -441,7 +455,9 @@ def train_and_evaluate(config, workdir):
       "steps": total_steps,
       "schedule_steps": schedule_steps,
       "epochs": total_steps / steps_per_epoch,
-      "train_seconds": trained_seconds + loop_end - train_start,  # every segment
+      "train_seconds": (trained_seconds or 0.0) + loop_end - train_start,  # every segment
+      # False where an earlier segment's checkpoint predates the record of its time.
+      "train_seconds_complete": trained_seconds is not None,
       "first_call_seconds": first_call_end - train_start,  # this segment's; compilation included
       "steps_per_call": steps_per_call,
       # This segment's steady state; None when its first call was all of it.

@@ -146,9 +146,8 @@ def train_or_reuse(config_name, workdir, data_dir, seed, extra, run_file, reuse)
 def aggregate(runs):
   """{key: (mean, sample standard deviation)} of each number that every results dict in
   `runs` (one per seed) holds; the deviation is None for a single run."""
-  numbers = [key for key, value in runs[0].items()
-             if isinstance(value, (int, float)) and not isinstance(value, bool)
-             and all(key in r for r in runs)]
+  is_number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+  numbers = [key for key in runs[0] if all(is_number(r.get(key)) for r in runs)]
   return {key: (statistics.fmean(r[key] for r in runs),
                 statistics.stdev(r[key] for r in runs) if len(runs) > 1 else None)
           for key in numbers}

@@ -48,6 +48,11 @@ BAD_INPUTS = [
     ({"knn_k": 9000}, "config.knn_k=9000: must be <= 8000 (the seed protocol's fit set)"),
     ({"monitor_bank_size": 3, "knn_k": 5}, "config.knn_k=5: must be <= 3 (monitor_bank_size)"),
     ({"optimizer": "lamb"}, "config.optimizer='lamb': allowed: adam, adamw, sgd"),
+    ({"validation_examples": -1},
+     "config.validation_examples=-1: must be 0 (no validation split) or a positive integer"),
+    ({"validation_examples": 0},
+     "config.validation_examples=0: the online monitor (eval_every_epochs > 0) queries the "
+     "validation split; set eval_every_epochs=0 to run without one"),
     ({"dtype": "float16"}, "config.dtype='float16': allowed: float32, bfloat16"),
     ({"model.head_norm": "layer"}, "config.model.head_norm='layer': allowed: none, batch"),
     ({"model.bn_momentum": 1.0}, "config.model.bn_momentum=1.0: must be in [0, 1)"),

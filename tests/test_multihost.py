@@ -236,6 +236,15 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
     # Every GPU visible to every task: JAX's default (the local rank) is right.
     ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, None),
     ("", {"SLURM_LOCALID": "3"}, None),
+    # No GPU for this task: nothing to choose.
+    ("", {"SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": ""}, None),
+    ("", {"SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "-1"}, None),
+    ("", {"SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),
+    # --gpus-per-task=2: local rank 3 sees two GPUs of its own; JAX's [3] is out of range.
+    ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "6,7"}, []),
+    # The user's JAX_LOCAL_DEVICE_IDS is JAX's to read (only while we pass None).
+    ("", {"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "3", "JAX_LOCAL_DEVICE_IDS": "0"},
+     None),
     ("all", {"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "0"}, []),
     ("1,2", {}, [1, 2]),
 ])
@@ -243,7 +252,16 @@ def test_local_device_ids(flag, environ, expected):
   assert multihost.local_device_ids(flag, environ) == expected
 
 
-@pytest.mark.slow  # ~40 s: two short training processes
+def slurm_env(task, job_id, tmp_path):
+  """What srun --ntasks=2 --gpus-per-task=1 sets for `task` on one host (each task's own
+  GPU named by its index, as without cgroups), on 2 CPU devices per process."""
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+              JAX_PLATFORMS="cpu", CL_JAX_CACHE=str(tmp_path / "cache"),
+              SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+              SLURM_PROCID=str(task), SLURM_LOCALID=str(task), CUDA_VISIBLE_DEVICES=str(task))
+
+
+@pytest.mark.slow  # ~1 min: two short training processes, then two probes
 def test_slurm_auto_detection_starts_one_cluster(mnist_data_dir, tmp_path):
   """--distributed with SLURM's variables (2 tasks on this host, each seeing its own
   'GPU' as srun --gpus-per-task=1 sets it) and nothing else: JAX's SLURM detection finds
@@ -258,17 +276,25 @@ def test_slurm_auto_detection_starts_one_cluster(mnist_data_dir, tmp_path):
              *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], "--distributed"]
   launched = []
   for task in range(2):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", CL_JAX_CACHE=str(tmp_path / "cache"),
-               SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
-               SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
-               CUDA_VISIBLE_DEVICES=str(task))
     log = str(tmp_path / f"task{task}.log")
     with open(log, "w", encoding="utf-8") as stderr:
-      launched.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=stderr), log))
+      launched.append((subprocess.Popen(command, cwd=ROOT, env=slurm_env(task, job_id, tmp_path),
+                                        stdout=subprocess.DEVNULL, stderr=stderr), log))
   for status, stderr in finish(launched):
     assert status == 0, stderr[-3000:]
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   assert results["num_devices"] == 4 and results["steps"] == 4
+
+  # What each task asked JAX for: its only GPU, ordinal 0 (JAX's own rule: SLURM_LOCALID,
+  # which on a GPU machine is an invalid ordinal for task 1; the CPU does not read it).
+  probe = ("from absl import flags; from cl_jax import multihost; multihost.define_flags(); "
+           "flags.FLAGS(['probe', '--distributed']); multihost.initialize_from_flags(); "
+           "import jax; print(jax.process_index(), jax.process_count(), "
+           "jax.config.read('jax_cuda_visible_devices'))")
+  job_id = next(port - 61440 for port in range(61440, 65536) if port_is_free(port))
+  probes = [subprocess.Popen([sys.executable, "-c", probe], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             env=slurm_env(task, job_id, tmp_path)) for task in range(2)]
+  outputs = [p.communicate(timeout=120)[0].split() for p in probes]
+  assert outputs == [["0", "2", "0"], ["1", "2", "0"]], outputs

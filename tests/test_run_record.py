@@ -57,6 +57,37 @@ def test_rerun_of_a_finished_run_keeps_its_record(mnist_data_dir, tmp_path):
   results = strict_load(os.path.join(workdir, "results.json"))
   assert results["steps"] == 12 and np.isfinite(results["final_loss"])
   assert results["first_call_seconds"] > 0 and results["train_seconds"] > 0
+  # Nor does a re-run with other settings that train nothing: an earlier stop, or a forced
+  # resume with another temperature (config.json and config_changes.jsonl too).
+  run(mnist_data_dir, workdir, max_steps=8)
+  run(mnist_data_dir, workdir, max_steps=12, temperature=0.25, resume="force")
+  for name, content in files.items():
+    assert read_bytes(os.path.join(workdir, name)) == content, name
+  assert not os.path.exists(os.path.join(workdir, "config_changes.jsonl"))
+
+
+@pytest.mark.slow
+def test_finished_run_writes_only_what_is_missing(mnist_data_dir, tmp_path, monkeypatch):
+  """A run stopped between its last checkpoint and its record gets a record of that
+  checkpoint (steps, params_sha256, the checkpoint's train_seconds); the evaluation runs
+  only where results.json has none of this step, or none of the validation split."""
+  workdir = str(tmp_path / "run")
+  first = run(mnist_data_dir, workdir, max_steps=8)
+  evaluations = []
+  monkeypatch.setattr(evaluator, "evaluate_run", lambda config, workdir, progress: (
+      evaluations.append(workdir) or evaluator.read_json(os.path.join(workdir, "results.json"))))
+  path = os.path.join(workdir, "results.json")
+  evaluator.write_json(path, {"steps": 4, "params_sha256": "another checkpoint's"})
+  rebuilt = run(mnist_data_dir, workdir, max_steps=8, evaluate_at_end=True)
+  assert rebuilt["steps"] == 8 and rebuilt["params_sha256"] == first["params_sha256"]
+  assert 0 < rebuilt["train_seconds"] <= first["train_seconds"]  # the checkpoint's count
+  assert len(evaluations) == 1  # no evaluation of step 8 in the record
+  evaluator.write_json(path, {**rebuilt, "eval_step": 8, "validation_knn": 0.9})
+  run(mnist_data_dir, workdir, max_steps=8, evaluate_at_end=True)
+  assert len(evaluations) == 1  # evaluated already: nothing to do
+  evaluator.write_json(path, {**rebuilt, "eval_step": 8})
+  run(mnist_data_dir, workdir, max_steps=8, evaluate_at_end=True)
+  assert len(evaluations) == 2  # evaluated before the validation split existed
 
 
 @pytest.mark.slow
