@@ -17,7 +17,9 @@ def get_config():
   config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
   config.data_dir = ""  # TFDS data dir; "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data_download = True  # Let TFDS download a missing dataset if its host answers (else fail fast).
-  config.max_train_examples = -1  # Pre-train on only the first this many training images; -1 = all.
+  # Pre-train on only the first this many training images (canonical order; for label-free
+  # methods these start with the validation split's, for label-reading ones after it); -1 = all.
+  config.max_train_examples = -1
   # The first this many training images (canonical order, cl_jax/data) are the validation
   # split: every selection signal (the online monitor, the validation metrics) reads their
   # labels, and the test split is only reported. Label-free methods still pre-train on them

@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from cl_jax import checkpointing
@@ -121,8 +123,16 @@ def test_automatic_steps_per_call_is_one_step_on_cpu_only():
 @pytest.mark.slow
 def test_steps_per_call_does_not_change_the_run(mnist_data_dir, tmp_path):
   """One step per jitted call and several (a loop on device, the automatic choice off the
-  CPU) give the same parameters bit for bit, over epoch ends, logs and checkpoints that do
-  not line up."""
+  CPU) run the same steps, over epoch ends, logs and checkpoints that do not line up.
+
+  The same to rounding, not bit for bit: XLA compiles the loop's body as another
+  program, and on some CPUs (seen on an AVX-512 Xeon, 2026-12-01; bit-identical on the
+  machine of earlier records) it rounds the first update differently in the last bit
+  (the loss at step 2 1 ulp apart, 1.4e-6 at most over 30 steps; Adam then moves one
+  weight of 4,608 by 2.4e-4, one whose gradient's second moment is tiny). A wrong step,
+  key or batch moves the loss by 1e-2 or more. Tolerances: losses 1e-5; the parameters'
+  difference within 1e-4 of their norm (all arrays together; a bias of norm 0.01 differs
+  by 1e-3 of its own)."""
   overrides = dict(max_train_examples=1000, batch_size=64, num_epochs=2, log_every_steps=5,
                    checkpoint_every_steps=7, num_devices=2, lr_schedule="cosine")
   one = trainer.train_and_evaluate(quick_config(mnist_data_dir, steps_per_call=1, **overrides),
@@ -130,9 +140,19 @@ def test_steps_per_call_does_not_change_the_run(mnist_data_dir, tmp_path):
   many = trainer.train_and_evaluate(quick_config(mnist_data_dir, steps_per_call=5, **overrides),
                                     str(tmp_path / "many"))
   assert one["steps_per_call"] == 1 and many["steps_per_call"] == 5 and many["steps"] == 30
-  assert many["params_sha256"] == one["params_sha256"]
-  assert read_metrics(str(tmp_path / "many")) == [
-      {**m, "images_per_second": n["images_per_second"]}
-      for m, n in zip(read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "many")))]
+  logged = {name: read_metrics(str(tmp_path / name)) for name in ("one", "many")}
+  assert [m["step"] for m in logged["one"]] == [m["step"] for m in logged["many"]]
+  np.testing.assert_allclose([m["loss"] for m in logged["many"]],
+                             [m["loss"] for m in logged["one"]], rtol=0, atol=1e-5)
+  params = {}
+  for name in ("one", "many"):
+    checkpointer = checkpointing.Checkpointer(str(tmp_path / name))
+    params[name] = checkpointer.restore_tree(30)["params"]
+    checkpointer.close()
+  flat = {name: np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+          for name, tree in params.items()}
+  difference = np.linalg.norm(flat["many"] - flat["one"])
+  assert difference <= 1e-4 * np.linalg.norm(flat["one"]), (difference,
+                                                             np.linalg.norm(flat["one"]))
   assert sorted(os.listdir(checkpointing.checkpoint_dir(str(tmp_path / "many")))) == [
       "21", "28", "30"]  # every 7 steps and the last; Orbax keeps 3
