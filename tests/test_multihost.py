@@ -193,16 +193,22 @@ def test_a_failed_evaluation_on_process_0_stops_every_process(tmp_path):
 BN_OVERRIDES = {**OVERRIDES, "method": "byol", "model.norm": "batch",
                 "model.head_norm": "batch", "model.predictor_norm": "batch",
                 "evaluate_at_end": False, "eval_every_epochs": 0}
-# The two processes run the accelerators' default, a loop of steps on device (4 steps a
-# call, one log line a call), the reference one step per call (CPU's default).
+# Both runs take the accelerators' default, a loop of steps on device (4 steps a call,
+# one log line a call).
 LOOP_OVERRIDES = {"steps_per_call": 4, "log_every_steps": 4}
+# Gloo's order of summation, through BN's statistics, reached 2.4e-5 in the loss at step 8
+# (an AVX-512 Xeon, 2026-12-01); statistics over one process's shard instead of the global
+# batch change the first logged loss (step 4) already, by far more.
+BN_LOSS_TOLERANCE = 1e-4
 
 
 @pytest.mark.long  # ~2 min: two training processes and a reference run
 def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
-  """2 processes x 2 devices (4 steps per call) equal 1 process x 4 devices (1 per call)
-  with BatchNorm everywhere: losses, parameters, the running averages of the online and
-  the target network."""
+  """2 processes x 2 devices equal 1 process x 4 devices, both 4 steps per call, with
+  BatchNorm everywhere: losses, parameters, the running averages of the online and the
+  target network. (The same loop on both sides: on some CPUs the loop's program rounds
+  the first update differently from single steps in the last bit, tests/test_trainer.py,
+  which BN and 8 steps grew to 1.3e-4 in the loss on an AVX-512 Xeon.)"""
   workdir = str(tmp_path / "two_processes")
   command = ["cl_jax.train", "--config", "configs/mnist_seed.py", "--workdir", workdir,
              f"--config.data_dir={mnist_data_dir}", "--config.progress_bar=False",
@@ -211,15 +217,13 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
     assert status == 0, stderr[-3000:]
   reference_dir = str(tmp_path / "one_process")
   config = quick_config(mnist_data_dir, num_devices=4)
-  config.update_from_flattened_dict(BN_OVERRIDES)
+  config.update_from_flattened_dict({**BN_OVERRIDES, **LOOP_OVERRIDES})
   trainer.train_and_evaluate(config, reference_dir)
   losses = [m["loss"] for m in read_metrics(workdir) if "loss" in m]
-  expected = [m["loss"] for m in read_metrics(reference_dir) if "loss" in m][3::4]
+  expected = [m["loss"] for m in read_metrics(reference_dir) if "loss" in m]
   assert len(losses) == len(expected) == STEPS // 4  # steps 4 and 8
-  # Tolerances as in the test above (Gloo sums in another order). Statistics taken over
-  # one process's shard instead of the global batch change the BN outputs, so the losses
-  # from the first on, by far more than this.
-  np.testing.assert_allclose(losses, expected, rtol=0, atol=LOSS_TOLERANCE)
+  np.testing.assert_allclose(losses[0], expected[0], rtol=0, atol=FIRST_LOSS_TOLERANCE)
+  np.testing.assert_allclose(losses, expected, rtol=0, atol=BN_LOSS_TOLERANCE)
   tree = checkpointing.Checkpointer(workdir).restore_tree(STEPS)
   reference_tree = checkpointing.Checkpointer(reference_dir).restore_tree(STEPS)
   for name in ("params", "batch_stats", "momentum_params", "momentum_batch_stats"):
