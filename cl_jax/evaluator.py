@@ -375,7 +375,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   plot_series(entries, {"knn_monitor": "encoder features",
                         "knn_monitor_projection": "projections"},
               os.path.join(workdir, "knn.png"), "accuracy",
-              f"online cosine k-NN (k={config.knn_k}) on a held subset",
+              f"online cosine k-NN (k={config.knn_k}), validation queries",
               baseline=("knn_monitor_raw_pixels", "raw pixels, same subset"))
   write_json(os.path.join(workdir, "results.json"), results)
   write_report(workdir, config, results)
