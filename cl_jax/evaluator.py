@@ -84,7 +84,7 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
   images included, as the standard train -> test protocol does).
   """
   validation = config.validation_examples
-  limit = lambda x: x if config.eval_train_examples < 0 else x[:config.eval_train_examples]
+  limit = lambda x: x[fit_limit(config)]
   num_classes = int(max(train_y.max(), test_y.max())) + 1
   metrics = evaluation.knn_report(limit(train_x), limit(train_y), test_x, test_y, config.knn_k)
   metrics["linear_probe"] = evaluation.linear_probe_accuracy(
@@ -98,6 +98,11 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
     metrics["validation_linear_probe"] = evaluation.linear_probe_accuracy(
         fit_x, fit_y, val_x, val_y, num_classes)
   return metrics
+
+
+def fit_limit(config):
+  """The rows of a fit set the evaluation fits on: all, or the first eval_train_examples."""
+  return slice(None) if config.eval_train_examples < 0 else slice(config.eval_train_examples)
 
 
 def fit_rows(config, num_train):
@@ -333,9 +338,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
   train = data.load_split(config.dataset, "train", data_dir, download=config.data_download)
-  if not config.validation_examples < len(train):
-    raise ValueError(f"validation_examples={config.validation_examples}: must be below the "
-                     f"{len(train)} training examples")
+  data.split_validation(train, config.validation_examples)  # refuses a split it cannot make
   train = train[:fit_rows(config, len(train))]
   test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
   model = models.create_model(config)
@@ -356,7 +359,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   results["data_fingerprints"] = {"train": train.fingerprint(), "test": test.fingerprint()}
   pairs = positive_pairs(test.images[:DIAGNOSTIC_POINTS], config)
   pairs_x, pairs_p = embed(pairs)
-  fit = slice(None) if config.eval_train_examples < 0 else slice(config.eval_train_examples)
+  fit = fit_limit(config)
   results["diagnostics"] = {
       "features": representation_diagnostics(test_x, pairs_x, results["knn_train_test_cosine"]),
       "projections": representation_diagnostics(

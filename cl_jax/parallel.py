@@ -22,24 +22,21 @@ def select_devices(config):
   """
   if jax.process_count() > 1:
     return jax.devices()
-  devices = jax.local_devices()
-  if config.num_devices > len(devices):
+  if config.num_devices > jax.local_device_count():
     from cl_jax import config_validation  # pylint: disable=g-import-not-at-top  (imports this)
     raise config_validation.ConfigError(
-        f"config.num_devices={config.num_devices}: only {len(devices)} local "
-        f"{devices[0].platform} device(s) here")
-  if config.num_devices > 0:
-    devices = devices[:config.num_devices]
-  return devices
+        f"config.num_devices={config.num_devices}: only {jax.local_device_count()} local "
+        f"{jax.local_devices()[0].platform} device(s) here")
+  return local_devices(config)
 
 
 def local_devices(config):
   """Where this process evaluates: its share of the run's devices (`select_devices`), or,
   on a machine with fewer than `config.num_devices`, all of its own."""
-  if jax.process_count() > 1:
-    return jax.local_devices()
   devices = jax.local_devices()
-  return devices[:config.num_devices] if config.num_devices > 0 else devices
+  if jax.process_count() > 1 or config.num_devices <= 0:
+    return devices
+  return devices[:config.num_devices]
 
 
 class DataParallel:
