@@ -1,6 +1,7 @@
-"""On-device view augmentation: per-example random resized crop, rotation and shear as one
-affine warp, optionally with an elastic distortion added to the sampling grid, then
-optionally a random brightness and contrast (grayscale colour jitter)."""
+"""On-device view augmentation, per example: a random resized crop, rotation and shear as
+one affine warp (optionally with an elastic distortion added to the sampling grid), then
+SimCLR's and BYOL's colour ops: horizontal flip, colour jitter, random grayscale, Gaussian
+blur, solarization. Each op is torchvision's formula on float images in [0, 1]."""
 
 import functools
 import math
@@ -121,37 +122,143 @@ def elastic_displacement(key, height, width, alpha, grid):
   return jax.image.resize(coarse, (height, width, 2), method="cubic")
 
 
-def jitter_intensity(image, brightness_factor, contrast_factor):
-  """torchvision's `adjust_brightness` then `adjust_contrast` of a grayscale image in [0, 1].
-
-  Brightness scales every pixel; contrast blends the image with its mean; each result
-  is clipped to [0, 1] (a factor of 1 leaves the image unchanged). One channel, as the
-  datasets here have: for RGB torchvision blends with the luma mean instead. The order
-  is fixed (torchvision's ColorJitter draws one) and the jitter always applies (SimCLR
-  applies its colour jitter with probability 0.8).
-  """
-  image = jnp.clip(image * brightness_factor, 0.0, 1.0)
-  mean = jnp.mean(image)
-  return jnp.clip(contrast_factor * image + (1 - contrast_factor) * mean, 0.0, 1.0)
+# ITU-R 601-2 luma, torchvision's `rgb_to_grayscale` (and PIL's "L" conversion).
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
-def sample_intensity_factors(key, brightness, contrast):
-  """Brightness and contrast factors, uniform in [max(0, 1 - s), 1 + s] (torchvision's law)."""
-  k_brightness, k_contrast = jax.random.split(key)
+def luma(image):
+  """[H, W, 1] grayscale of an image [H, W, C] in [0, 1]: the image itself with one channel."""
+  if image.shape[-1] == 1:
+    return image
+  return jnp.tensordot(image, jnp.array(LUMA_WEIGHTS, image.dtype), axes=([-1], [0]))[..., None]
+
+
+def _blend(image, other, factor):
+  """torchvision's `_blend`: factor * image + (1 - factor) * other, clipped to [0, 1]."""
+  return jnp.clip(factor * image + (1 - factor) * other, 0.0, 1.0)
+
+
+def adjust_brightness(image, factor):
+  return _blend(image, 0.0, factor)
+
+
+def adjust_contrast(image, factor):
+  """Blends with the mean of the image's luma (torchvision's `adjust_contrast`)."""
+  return _blend(image, jnp.mean(luma(image)), factor)
+
+
+def adjust_saturation(image, factor):
+  """Blends with the pixels' luma; a one-channel image is returned as it is (torchvision)."""
+  if image.shape[-1] == 1:
+    return image
+  return _blend(image, luma(image), factor)
+
+
+def rgb_to_hsv(image):
+  """torchvision's `_rgb2hsv` on [..., 3] in [0, 1]: hue in [0, 1), saturation, value."""
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  maxc, minc = jnp.max(image, axis=-1), jnp.min(image, axis=-1)
+  gray = maxc == minc  # hue and saturation 0; divisors kept away from 0
+  chroma = maxc - minc
+  saturation = chroma / jnp.where(gray, 1.0, maxc)
+  divisor = jnp.where(gray, 1.0, chroma)
+  rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+  hue = jnp.where(maxc == r, bc - gc,
+                  jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  return jnp.stack([jnp.mod(hue / 6.0 + 1.0, 1.0), saturation, maxc], axis=-1)
+
+
+def hsv_to_rgb(hsv):
+  """torchvision's `_hsv2rgb`, the inverse of `rgb_to_hsv`."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  sector = jnp.floor(h * 6.0)
+  f = h * 6.0 - sector
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  sector = sector.astype(jnp.int32) % 6
+  table = jnp.stack([jnp.stack(c, axis=-1) for c in
+                     ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], axis=-1)
+  return jnp.take_along_axis(table, sector[..., None, None], axis=-2)[..., 0, :]
+
+
+def adjust_hue(image, shift):
+  """Rotates the hue by `shift` turns (torchvision's `adjust_hue`); one channel: unchanged."""
+  if image.shape[-1] == 1:
+    return image
+  hsv = rgb_to_hsv(image)
+  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
+  return hsv_to_rgb(hsv)
+
+
+# ColorJitter's adjustments, in the numbering of its random order, and their strengths.
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+JITTER_FIELDS = ("brightness", "contrast", "saturation", "hue")
+
+
+def colour_jitter(image, factors, order, active=(True,) * len(JITTER_OPS)):
+  """torchvision's ColorJitter with drawn `factors` (brightness, contrast, saturation, hue
+  shift) applied in `order`, a permutation of 0..3 indexing JITTER_OPS; an op that is not
+  `active` (strength 0: torchvision skips it) leaves the image as it is."""
+  branches = [(lambda im, op=op, f=f: op(im, f)) if on else (lambda im: im)
+              for op, f, on in zip(JITTER_OPS, factors, active)]
+  for position in range(len(JITTER_OPS)):
+    image = jax.lax.switch(order[position], branches, image)
+  return image
+
+
+def sample_jitter(key, config):
+  """ColorJitter's draws: factors uniform in [max(0, 1 - s), 1 + s] for brightness, contrast
+  and saturation, a hue shift uniform in +-hue, and a random order of the four."""
+  k_factors, k_order = jax.random.split(key)
+  keys = jax.random.split(k_factors, 4)
   def factor(k, strength):
     return jax.random.uniform(k, minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
-  return factor(k_brightness, brightness), factor(k_contrast, contrast)
+  factors = (factor(keys[0], config.brightness), factor(keys[1], config.contrast),
+             factor(keys[2], config.saturation),
+             jax.random.uniform(keys[3], minval=-config.hue, maxval=config.hue))
+  return factors, jax.random.permutation(k_order, len(JITTER_OPS))
+
+
+def blur_kernel_size(height, width):
+  """SimCLR's Gaussian blur kernel: 10% of the image side, odd, at least 3."""
+  return max(3, int(0.1 * min(height, width)) // 2 * 2 + 1)
+
+
+def gaussian_blur(image, sigma, kernel_size):
+  """torchvision's `gaussian_blur`: a separable Gaussian of `kernel_size` taps (weights
+  exp(-x^2 / 2 sigma^2), normalised) with reflect padding (edge pixel not repeated)."""
+  half = kernel_size // 2
+  x = jnp.arange(-half, half + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (x / sigma) ** 2)
+  weights = weights / jnp.sum(weights)
+  height, width = image.shape[:2]
+  padded = jnp.pad(image, ((half, half), (0, 0), (0, 0)), mode="reflect")
+  image = sum(w * padded[i:i + height] for i, w in enumerate(weights))
+  padded = jnp.pad(image, ((0, 0), (half, half), (0, 0)), mode="reflect")
+  return sum(w * padded[:, i:i + width] for i, w in enumerate(weights))
+
+
+def solarize(image, threshold=0.5):
+  """Pixels at or above `threshold` become 1 - pixel (BYOL's solarization)."""
+  return jnp.where(image >= threshold, 1.0 - image, image)
 
 
 def intensity_key(key):
-  """The key of a view's intensity jitter: `fold_in(key, 3)`, which no other draw of the
+  """The key of a view's colour jitter: `fold_in(key, 3)`, which no other draw of the
   view uses (under JAX's partitionable threefry it is `split(key, 4)[3]`, and the warp
-  uses `split(key, 3)`), so configs without jitter draw the views they always drew."""
+  uses `split(key, 3)`), so configs without jitter draw the views they always drew; the
+  later ops fold in 4, 5, ... likewise."""
   return jax.random.fold_in(key, 3)
 
 
-def random_view(key, image, config):
-  """One random view of a uint8 image [H, W, C], as float32 in [0, 1]."""
+def _applies(key, probability):
+  return jax.random.uniform(key) < probability
+
+
+def random_view(key, image, config, view=0):
+  """View number `view` (0 or 1: the pairs of `config` are per view) of a uint8 image
+  [H, W, C], as float32 in [0, 1]."""
   height, width, _ = image.shape
   k_affine, k_shear, k_elastic = jax.random.split(key, 3)
   crop_box, angle = sample_crop_and_angle(
@@ -162,13 +269,31 @@ def random_view(key, image, config):
   if config.elastic_alpha > 0:
     displacement = elastic_displacement(k_elastic, height, width, config.elastic_alpha,
                                         config.elastic_grid)
-  view = warp_affine(data.to_float(image),
-                     affine_matrix(height, width, crop_box, angle, shear), displacement)
-  if config.brightness > 0 or config.contrast > 0:
-    factors = sample_intensity_factors(intensity_key(key), config.brightness,
-                                       config.contrast)
-    view = jitter_intensity(view, *factors)
-  return view
+  view_image = warp_affine(data.to_float(image),
+                           affine_matrix(height, width, crop_box, angle, shear), displacement)
+  k_flip, k_gray, k_blur, k_solarize = (jax.random.fold_in(key, i) for i in range(4, 8))
+  if config.flip_probability > 0:
+    view_image = jnp.where(_applies(k_flip, config.flip_probability), view_image[:, ::-1],
+                           view_image)
+  if any(config[f] > 0 for f in JITTER_FIELDS):
+    k_apply, k_jitter = jax.random.split(intensity_key(key))
+    jittered = colour_jitter(view_image, *sample_jitter(k_jitter, config),
+                             active=[config[f] > 0 for f in JITTER_FIELDS])
+    if config.jitter_probability < 1:
+      jittered = jnp.where(_applies(k_apply, config.jitter_probability), jittered, view_image)
+    view_image = jittered
+  if config.grayscale_probability > 0 and view_image.shape[-1] > 1:
+    view_image = jnp.where(_applies(k_gray, config.grayscale_probability),
+                           jnp.broadcast_to(luma(view_image), view_image.shape), view_image)
+  if config.blur_probability[view] > 0:
+    k_apply, k_sigma = jax.random.split(k_blur)
+    sigma = jax.random.uniform(k_sigma, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+    blurred = gaussian_blur(view_image, sigma, blur_kernel_size(height, width))
+    view_image = jnp.where(_applies(k_apply, config.blur_probability[view]), blurred, view_image)
+  if config.solarize_probability[view] > 0:
+    view_image = jnp.where(_applies(k_solarize, config.solarize_probability[view]),
+                           solarize(view_image), view_image)
+  return view_image
 
 
 def two_views(images, keys, config):
@@ -179,5 +304,5 @@ def two_views(images, keys, config):
   """
   def views_of(image, key):
     key1, key2 = jax.random.split(key)
-    return random_view(key1, image, config), random_view(key2, image, config)
+    return random_view(key1, image, config, 0), random_view(key2, image, config, 1)
   return jax.vmap(views_of)(images, keys)

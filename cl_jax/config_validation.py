@@ -7,17 +7,20 @@ what is allowed; the entry points print it and exit with status 2.
 import os
 import tempfile
 
+from cl_jax import data
+from cl_jax import encoders
 from cl_jax import evaluation
 from cl_jax import methods
 from cl_jax import models
 from cl_jax import parallel
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 LR_SCHEDULES = ("constant", "cosine")
 NORMS = ("none", "layer", "batch")
 HEAD_NORMS = ("none", "batch")
 DTYPES = ("float32", "bfloat16")
 RESUME_MODES = ("auto", "force")
+RESNET_STEMS = ("cifar", "imagenet")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
@@ -46,13 +49,36 @@ def _check_choice(config, field, choices):
     _fail(field, value, f"allowed: {', '.join(choices)}")
 
 
-def check_dataset(name):
-  """The dataset must be a TFDS builder name (any TFDS 28x28x1 classification set)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def check_dataset(config):
+  """config.dataset must be a registered TFDS dataset or one prepared in config.data_dir
+  (import_folder); its images must have one size unless image_size resizes them, and a ViT's
+  patches must tile them."""
+  name = config.dataset
   try:
-    tfds.builder_cls(name)
+    info = data.dataset_info(name, config.data_dir or data.default_data_dir(),
+                             config.image_size)
+  except data.MixedSizesError as e:
+    _fail("image_size", config.image_size, str(e))
   except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
-    _fail("dataset", name, "not a registered TFDS dataset (e.g. mnist, fashion_mnist)")
+    _fail("dataset", name, "neither a registered TFDS dataset (e.g. mnist, cifar10) nor one "
+          "prepared in data_dir (python -m cl_jax.data.import_folder)")
+  height, width, _ = info.image_shape
+  if encoders.get(config.model.encoder).uses_patches and (
+      height % config.model.patch_size or width % config.model.patch_size):
+    _fail("model.patch_size", config.model.patch_size,
+          f"must divide the images' sides ({height}x{width})")
+  sizes = info.split_sizes  # known once the dataset is prepared
+  if sizes:
+    if info.test_split is None:
+      _fail("dataset", name, f"has no test or validation split to report on (splits: "
+            f"{', '.join(sorted(sizes))})")
+    if config.unlabelled_split and config.unlabelled_split not in sizes:
+      _fail("unlabelled_split", config.unlabelled_split,
+            f"{name} has no such split (splits: {', '.join(sorted(sizes))})")
+    fit = evaluation.seed_protocol_fit(sizes[info.test_split])
+    if config.evaluate_at_end and config.knn_k > fit:
+      _fail("knn_k", config.knn_k, f"must be <= {fit} (the seed protocol's fit set: 80% of "
+            f"the {sizes[info.test_split]} {info.test_split} images)")
 
 
 def validate(config, num_devices, reference_config=None, num_processes=1):
@@ -78,6 +104,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "resume", RESUME_MODES)
   _check_choice(config, "model.kernels", models.KERNELS)
+  _check_choice(config, "model.encoder", encoders.ENCODERS)
+  _check_choice(config, "model.resnet_stem", RESNET_STEMS)
   _check_choice(config, "matmul_precision", MATMUL_PRECISIONS)
   if num_processes > 1:
     if config.parallel != "shard_map":
@@ -89,7 +117,7 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   if config.batch_size % num_devices:
     _fail("batch_size", config.batch_size,
           f"must divide by the number of devices ({num_devices})")
-  for field in ("temperature", "learning_rate"):
+  for field in ("temperature", "learning_rate", "lars_trust_coefficient"):
     if not config[field] > 0:
       _fail(field, config[field], "must be > 0")
   if not isinstance(config.num_epochs, int) or config.num_epochs <= 0:
@@ -118,7 +146,7 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   if config.model.predictor_norm != "none" and not methods.get(config.method).uses_predictor:
     _fail("model.predictor_norm", config.model.predictor_norm,
           f"{config.method} has no predictor")
-  fit_sizes = {"the seed protocol's fit set": evaluation.SEED_PROTOCOL_FIT}
+  fit_sizes = {}
   if config.eval_every_epochs > 0:
     fit_sizes["monitor_bank_size"] = config.monitor_bank_size
   if config.eval_train_examples > 0:
@@ -128,7 +156,12 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
       _fail("knn_k", config.knn_k, f"must be <= {size} ({name})")
   if config.knn_k <= 0:
     _fail("knn_k", config.knn_k, "must be a positive integer")
-  check_dataset(config.dataset)
+  if config.image_size < 0:
+    _fail("image_size", config.image_size, "must be 0 (keep) or a positive integer")
+  if config.unlabelled_split and methods.get(config.method).uses_labels:
+    _fail("unlabelled_split", config.unlabelled_split,
+          f"{config.method} reads labels; unlabelled images have none")
+  check_dataset(config)
 
 
 def _check_augment(augment):
@@ -141,6 +174,25 @@ def _check_augment(augment):
   for field in ("rotation_degrees", "elastic_alpha", "brightness", "contrast"):
     if not augment[field] >= 0:  # NaN too
       _fail(f"augment.{field}", augment[field], "must be >= 0")
+  for field in ("flip_probability", "jitter_probability", "grayscale_probability"):
+    if not 0 <= augment[field] <= 1:
+      _fail(f"augment.{field}", augment[field], "must be a probability in [0, 1]")
+  for field in ("blur_probability", "solarize_probability"):
+    pair = augment[field]
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in pair)):
+      _fail(f"augment.{field}", pair, "must be a pair (view 1, view 2) of probabilities")
+  for field in ("crop_scale", "crop_ratio", "blur_sigma"):  # ConfigDict keeps them tuples
+    if len(augment[field]) != 2:
+      _fail(f"augment.{field}", tuple(augment[field]), "must be a pair (min, max)")
+  lo, hi = augment.blur_sigma
+  if not 0 < lo <= hi:
+    _fail("augment.blur_sigma", tuple(augment.blur_sigma), "need 0 < min <= max")
+  for field in ("saturation", "hue"):
+    if not augment[field] >= 0:
+      _fail(f"augment.{field}", augment[field], "must be >= 0")
+  if augment.hue > 0.5:
+    _fail("augment.hue", augment.hue, "must be at most 0.5 (a shift of half a turn)")
   if not 0 <= augment.shear_degrees < 90:  # tan(90 degrees) is infinite
     _fail("augment.shear_degrees", augment.shear_degrees, "must be in [0, 90)")
   if not isinstance(augment.elastic_grid, int) or augment.elastic_grid <= 0:
@@ -148,6 +200,19 @@ def _check_augment(augment):
 
 
 def _check_model(model):
+  if model.kernels == "cpu" and not encoders.get(model.encoder).uses_custom_kernels:
+    _fail("model.kernels", "cpu", f"the custom CPU kernels are simple_cnn's; {model.encoder} "
+          "runs XLA's own (use auto or xla)")
+  if model.width != -1 and (not isinstance(model.width, int) or model.width <= 0):
+    _fail("model.width", model.width, "must be -1 (the named size's) or a positive integer")
+  if encoders.get(model.encoder).uses_patches and model.width != -1 and (
+      model.width % encoders.vit_heads(model.width)):
+    _fail("model.width", model.width, f"must divide by its {encoders.vit_heads(model.width)} "
+          "attention heads (one per 64 of width)")
+  if model.vit_depth != -1 and (not isinstance(model.vit_depth, int) or model.vit_depth <= 0):
+    _fail("model.vit_depth", model.vit_depth, "must be -1 (the named size's) or positive")
+  if not isinstance(model.patch_size, int) or model.patch_size <= 0:
+    _fail("model.patch_size", model.patch_size, "must be a positive integer")
   widths = {"model.conv_features": tuple(model.conv_features),
             "model.projection_hidden": tuple(model.projection_hidden)}
   for field, values in widths.items():

@@ -14,7 +14,14 @@ def get_config():
   config.method = "simclr"  # "simclr", "moco", "byol", "supcon", "triplet" or "margin" (cl_jax/methods/).
 
   # Data.
-  config.dataset = "mnist"  # Any TFDS 28x28x1 image-classification dataset.
+  # Any TFDS image-classification dataset (any height, width and channels; its "test"
+  # split is reported, or "validation" where it has none), or one imported from a folder
+  # of images (python -m cl_jax.data.import_folder).
+  config.dataset = "mnist"
+  config.image_size = 0  # Resize every image to this many pixels square when loading; 0 = keep (one size only).
+  # A split of unlabelled images that label-free methods pre-train on too, beside the
+  # training split (stl10: "unlabelled"); "" = none.
+  config.unlabelled_split = ""
   config.data_dir = ""  # TFDS data dir; "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data_download = True  # Let TFDS download a missing dataset if its host answers (else fail fast).
   # Pre-train on only the first this many training images (canonical order; for label-free
@@ -27,7 +34,10 @@ def get_config():
   # validation split (the monitor must then be off).
   config.validation_examples = 10000
 
-  # Views: per example, a random resized crop then a random rotation, one warp.
+  # Views, per example on device, in SimCLR's order: a random resized crop, rotation,
+  # shear and elastic distortion (one warp), a horizontal flip, a colour jitter, a random
+  # grayscale, a Gaussian blur, a solarization. Fields given as a pair are (view 1, view 2):
+  # BYOL's two views differ there.
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_scale = (0.8, 1.0)  # Range of the crop's area, as a fraction of the image.
   config.augment.crop_ratio = (3 / 4, 4 / 3)  # Range of the crop's aspect ratio (width / height).
@@ -35,13 +45,32 @@ def get_config():
   config.augment.shear_degrees = 0.0  # Horizontal shear (slant) drawn from +-this many degrees.
   config.augment.elastic_alpha = 0.0  # Elastic distortion: std of the offsets in pixels; 0 = off.
   config.augment.elastic_grid = 4  # Elastic distortion: offsets drawn on a grid x grid lattice.
-  # Grayscale colour jitter after the warp (torchvision's ColorJitter laws): each view's
-  # brightness factor, then contrast factor, uniform in [max(0, 1 - s), 1 + s]; 0 = off.
+  config.augment.flip_probability = 0.0  # Probability of a horizontal flip.
+  # Colour jitter (torchvision's ColorJitter): brightness, contrast and saturation factors
+  # uniform in [max(0, 1 - s), 1 + s], a hue shift uniform in +-h, applied in a random order
+  # drawn per view; saturation and hue leave one-channel images as they are. 0 = off.
   config.augment.brightness = 0.0  # Brightness strength s (pixels scaled by the factor).
-  config.augment.contrast = 0.0  # Contrast strength s (pixels blended with the view's mean).
+  config.augment.contrast = 0.0  # Contrast strength s (pixels blended with the luma mean).
+  config.augment.saturation = 0.0  # Saturation strength s (pixels blended with their luma).
+  config.augment.hue = 0.0  # Hue shift h, in turns (at most 0.5).
+  config.augment.jitter_probability = 1.0  # Probability that a view is jittered at all (SimCLR: 0.8).
+  config.augment.grayscale_probability = 0.0  # Probability of converting a colour view to its luma.
+  # Gaussian blur (torchvision's GaussianBlur, kernel 10% of the image side, odd, at least 3)
+  # with sigma uniform in blur_sigma, applied with this probability per view.
+  config.augment.blur_probability = (0.0, 0.0)
+  config.augment.blur_sigma = (0.1, 2.0)  # Range of the blur's standard deviation in pixels.
+  config.augment.solarize_probability = (0.0, 0.0)  # Per view: pixels >= 0.5 become 1 - pixel (BYOL).
 
   # Model: encoder (evaluated) and projection head (trained on only).
   config.model = ml_collections.ConfigDict()
+  # The encoder, by name (cl_jax/encoders.py): "simple_cnn" (the fields below down to
+  # dense_features), "resnet18" / "resnet50" (torchvision's, BatchNorm over the global
+  # batch) or "vit_tiny" / "vit_small" (timm's).
+  config.model.encoder = "simple_cnn"
+  config.model.width = -1  # resnet: channels of the first stage; vit: token width; -1 = the named size's (64; 192 / 384).
+  config.model.resnet_stem = "cifar"  # "cifar" (3x3 conv, stride 1, no pool) or "imagenet" (7x7 conv, stride 2, max pool).
+  config.model.patch_size = 16  # vit: side of the square patches (the image sides must divide by it).
+  config.model.vit_depth = -1  # vit: Transformer blocks; -1 = the named size's (12).
   config.model.conv_features = (16, 32)  # Channels of each conv block (each block ends in a 2x2 max pool).
   config.model.convs_per_block = 1  # 3x3 convolutions per block.
   config.model.dense_features = 128  # Size of the embedding (dense + ReLU after the convs).
@@ -76,9 +105,16 @@ def get_config():
   # Stop this invocation at this global step, at most the schedule's end (num_epochs), which
   # it does not shorten; -1 = run to the schedule's end. A finished workdir is left as it is.
   config.max_steps = -1
-  config.optimizer = "adam"  # "adam", "adamw" or "sgd" (momentum 0.9).
-  config.learning_rate = 1e-3  # Peak learning rate.
-  config.weight_decay = 0.0  # Decoupled weight decay (adamw only).
+  # "adam", "adamw", "sgd" (momentum 0.9) or "lars" (momentum 0.9; biases and normalisation
+  # parameters get neither weight decay nor the trust ratio, as SimCLR's).
+  config.optimizer = "adam"
+  config.learning_rate = 1e-3  # Peak learning rate (times batch_size / 256 with lr_batch_scaling).
+  config.lr_batch_scaling = False  # Scale learning_rate by batch_size / 256 (SimCLR's and solo-learn's rule).
+  config.weight_decay = 0.0  # Weight decay (adamw: decoupled; lars: added to the gradient).
+  config.lars_trust_coefficient = 0.001  # lars: eta of the trust ratio eta * |w| / |g + wd w| (SimCLR's; solo-learn's 0.02).
+  # lars: solo-learn's variant instead of optax.lars: the trust ratio eta * |w| / (|g| + wd |w|),
+  # clipped so that no weight's step exceeds the learning rate's (its clip_lr).
+  config.lars_clip = False
   config.lr_schedule = "constant"  # "constant" or "cosine" (decay to 0 over the run).
   config.warmup_epochs = 0.0  # Linear warm-up from 0 over this many epochs; 0 = none.
 

@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 from cl_jax import data
 from cl_jax import losses
 
-# The replaced example's protocol: fit on the first 8,000 test embeddings, predict the rest.
-SEED_PROTOCOL_FIT = 8000
+def seed_protocol_fit(num_test):
+  """The replaced example's protocol fits on the first 80% of the test embeddings (MNIST:
+  8,000 of 10,000) and predicts the rest: how many it fits on."""
+  return num_test * 4 // 5
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -71,7 +73,8 @@ def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):
 
 def knn_report(train_x, train_y, test_x, test_y, k=5):
   """Both protocols, euclidean and cosine: `seed` (within the test set) and `train_test`."""
-  fit, query = slice(0, SEED_PROTOCOL_FIT), slice(SEED_PROTOCOL_FIT, None)
+  fit_count = seed_protocol_fit(len(test_x))
+  fit, query = slice(0, fit_count), slice(fit_count, None)
   report = {}
   for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
     report["knn_seed" + suffix] = knn_accuracy(test_x[fit], test_y[fit], test_x[query],
@@ -127,7 +130,9 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1
 
 
 def tsne_2d(features, seed=0):
-  """2-D t-SNE of `features` with scikit-learn (PCA init, perplexity 30)."""
+  """2-D t-SNE of `features` with scikit-learn (PCA init, perplexity 30, or a third of the
+  points where there are fewer than 91: scikit-learn needs fewer than the points)."""
   from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
-  return TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(
-      features)
+  perplexity = min(30.0, (len(features) - 1) / 3)
+  return TSNE(n_components=2, init="pca", perplexity=perplexity,
+              random_state=seed).fit_transform(features)

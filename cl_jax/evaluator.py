@@ -337,10 +337,10 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   """The evaluation proper, on this process's `devices` (its share of the run's devices);
   writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
-  train = data.load_split(config.dataset, "train", data_dir, download=config.data_download)
+  train = data.load_for(config, "train", data_dir)
   data.split_validation(train, config.validation_examples)  # refuses a split it cannot make
   train = train[:fit_rows(config, len(train))]
-  test = data.load_split(config.dataset, "test", data_dir, download=config.data_download)
+  test = data.load_for(config, "test", data_dir)
   model = models.create_model(config)
   # Only the run's own local devices (embed's default is every local device): a mesh over
   # every process's devices would make the forward passes collectives that the waiting
@@ -371,7 +371,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
     points = evaluation.tsne_2d(test_x[:count], seed=config.seed)
     bar.update(1)
   plot_tsne(points, test.labels[:count], os.path.join(workdir, "tsne.png"),
-            data.class_names(config.dataset, data_dir))
+            data.dataset_info(config.dataset, data_dir, config.image_size).class_names)
   entries = read_metrics(workdir)
   plot_series(entries, {"loss": "loss"}, os.path.join(workdir, "loss.png"),
               f"{config.method} loss", "training loss")

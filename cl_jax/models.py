@@ -158,13 +158,13 @@ class Conv3x3(nn.Module):
     return _xla_conv3x3(x, kernel, self.precision) + bias
 
 
-def batch_norm(dtype, axis_name, train, momentum):
+def batch_norm(dtype, axis_name, train, momentum, name=None):
   """BatchNorm whose training-mode statistics are over the global batch: every device of
   the mapped axis `axis_name` (None: this call's batch only). Statistics and running
   averages are float32 whatever `dtype`; running averages decay by `momentum` a step."""
   return nn.BatchNorm(use_running_average=not train, axis_name=axis_name if train else None,
                       momentum=momentum, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
-                      force_float32_reductions=True)
+                      force_float32_reductions=True, name=name)
 
 
 class CNNEncoder(nn.Module):
@@ -243,16 +243,16 @@ class ContrastiveModel(nn.Module):
 
 
 def create_model(config, backend=None):
-  """Builds `config.model` (plus a predictor for methods that use one) with compute dtype
-  `config.dtype`, the kernels `config.model.kernels` resolves to on `backend` (None: JAX's
-  default backend) and the matmul precision `config.matmul_precision`."""
+  """Builds `config.model`: the encoder `model.encoder` names, the projection head (plus a
+  predictor for methods that use one), with compute dtype `config.dtype`, the kernels
+  `config.model.kernels` resolves to on `backend` (None: JAX's default backend) and the
+  matmul precision `config.matmul_precision`. The head takes whatever width the encoder
+  gives."""
+  from cl_jax import encoders  # pylint: disable=g-import-not-at-top  (encoders builds on this module)
   dtype = jnp.dtype(config.dtype)
   m = config.model
   precision = precision_of(config.matmul_precision)
-  encoder = CNNEncoder(conv_features=tuple(m.conv_features), convs_per_block=m.convs_per_block,
-                       dense_features=m.dense_features, norm=m.norm, bn_momentum=m.bn_momentum,
-                       dtype=dtype, kernels=resolve_kernels(m.kernels, backend),
-                       precision=precision)
+  encoder = encoders.get(m.encoder)(m, dtype, resolve_kernels(m.kernels, backend), precision)
   head = predictor = None
   if m.projection_dim > 0:
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,

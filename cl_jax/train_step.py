@@ -12,21 +12,73 @@ from cl_jax import augment
 from cl_jax import methods
 
 
+def peak_learning_rate(config):
+  """config.learning_rate, times batch_size / 256 with `lr_batch_scaling` (SimCLR's rule)."""
+  scale = config.batch_size / 256 if config.lr_batch_scaling else 1.0
+  return config.learning_rate * scale
+
+
+# Parameters that weight decay and LARS's trust ratio leave alone, by name: biases and the
+# normalisations' scales and offsets (SimCLR's and solo-learn's exclusion), and a ViT's
+# class token and position embeddings (timm's `no_weight_decay`). By name, not by rank:
+# Flax's attention biases are 2-D (heads x head width).
+_NOT_DECAYED = ("bias", "scale", "cls_token", "position_embedding")
+
+
+def decays(params):
+  """True for the parameters that weight decay and LARS's trust ratio apply to: the
+  kernels of convolutions and dense layers."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) not in _NOT_DECAYED, params)
+
+
+def clipped_lars_scaling(eta, weight_decay, schedule):
+  """solo-learn's LARS before its momentum and learning rate: for a weight w with gradient g
+  (biases and normalisation parameters excluded, `decays`) and both norms non-zero, the
+  update (g + wd w) * min(eta |w| / (|g| + wd |w|) / lr, 1) at the step's learning rate lr;
+  otherwise g as it is."""
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params):
+    lr = schedule(state.count) if callable(schedule) else schedule
+    def scale(g, w, decayed):
+      if not decayed:
+        return g
+      w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+      ratio = eta * w_norm / (g_norm + weight_decay * w_norm)
+      adaptive = jnp.minimum(ratio / lr, 1.0)
+      return jnp.where((w_norm > 0) & (g_norm > 0), (g + weight_decay * w) * adaptive, g)
+    updates = jax.tree.map(scale, updates, params, decays(params))
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+  return optax.GradientTransformation(init, update)
+
+
 def create_optimizer(config, steps_per_epoch, schedule_steps):
-  """Adam, AdamW or SGD (momentum 0.9) with an optional linear warm-up and a cosine decay
-  to 0 at `schedule_steps`."""
+  """Adam, AdamW, SGD or LARS (momentum 0.9) with an optional linear warm-up and a cosine
+  decay to 0 at `schedule_steps`."""
   warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  peak = peak_learning_rate(config)
   if config.lr_schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup_steps, max(schedule_steps, warmup_steps + 1))
+        0.0, peak, warmup_steps, max(schedule_steps, warmup_steps + 1))
   elif warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
+    schedule = optax.linear_schedule(0.0, peak, warmup_steps)
   else:
-    schedule = config.learning_rate
+    schedule = peak
   if config.optimizer == "adamw":
     return optax.adamw(schedule, weight_decay=config.weight_decay)
   if config.optimizer == "sgd":
     return optax.sgd(schedule, momentum=0.9)
+  if config.optimizer == "lars" and config.lars_clip:
+    return optax.chain(clipped_lars_scaling(config.lars_trust_coefficient, config.weight_decay,
+                                            schedule),
+                       optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
+  if config.optimizer == "lars":
+    return optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decays,
+                      trust_coefficient=config.lars_trust_coefficient, trust_ratio_mask=decays,
+                      momentum=0.9)
   return optax.adam(schedule)
 
 
@@ -39,13 +91,13 @@ class ContrastiveState(train_state.TrainState):
 def create_train_state(model, tx, key, image_shape, config=None):
   """Initialises parameters and BN averages (float32), optimizer state and
   `config.method`'s own state. `config=None` gives SimCLR's state (no method state)."""
-  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                         predict=model.predictor is not None)
+  (_, embeddings), variables = model.init_with_output(
+      key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), predict=model.predictor is not None)
   params, batch_stats = variables["params"], variables.get("batch_stats")
   method_state = None
   if config is not None:
     method_state = methods.get(config.method).initial_state(
-        config, params, batch_stats, jax.random.fold_in(key, 1))
+        config, params, batch_stats, jax.random.fold_in(key, 1), embeddings.shape[-1])
   return ContrastiveState.create(apply_fn=model.apply, params=params, tx=tx,
                                  batch_stats=batch_stats, method_state=method_state)
 

@@ -228,14 +228,17 @@ def check_finite(first_step, count, metrics):
 def load_training_data(config, data_dir):
   """(pre-training split, validation split, the rest of the training split) of
   config.dataset: the validation split is the first `validation_examples` training images;
-  a method that reads labels pre-trains on the rest only; `max_train_examples` then keeps
-  the first that many pre-training images."""
-  full = data.load_split(config.dataset, "train", data_dir, download=config.data_download)
+  a method that reads labels pre-trains on the rest only, a label-free one on the whole
+  training split followed by `unlabelled_split`'s images (label -1) if any;
+  `max_train_examples` then keeps the first that many pre-training images."""
+  full = data.load_for(config, "train", data_dir)
   try:
     validation, rest = data.split_validation(full, config.validation_examples)
   except ValueError as e:
     raise config_validation.ConfigError(f"config.{e}") from e
   train = rest if methods.get(config.method).uses_labels else full
+  if config.unlabelled_split:
+    train = train.concatenate(data.load_for(config, config.unlabelled_split, data_dir))
   if config.max_train_examples >= 0:
     train = train[:config.max_train_examples]
   return train, validation, rest

@@ -1,4 +1,4 @@
-"""SimCLR for any 28x28x1 TFDS image-classification dataset: views that do not assume handwriting.
+"""SimCLR with SimpleCNN for any TFDS image-classification dataset: views that do not assume handwriting.
 
   python -m cl_jax.train --config configs/generic.py --config.dataset=NAME --workdir runs/NAME
 

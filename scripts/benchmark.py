@@ -1,12 +1,19 @@
 """Training throughput: cl_jax against a PyTorch reference (same model, loss, optimizer, views).
 
   python scripts/benchmark.py --batch_sizes 128,512 --repeats 3 --out bench.json
+  python scripts/benchmark.py --workload cifar10 --batch_sizes 256,512 [--torch_compile]
 
 Each measurement runs in a fresh child process (so peak memory is its own),
-alternating frameworks and batch sizes repetition by repetition. Images are
-random uint8 28x28 (throughput does not depend on pixel values); an "image"
-is one dataset example, which gives two views. Prints a table and writes JSON.
-It is a benchmark, not a test: nothing here passes or fails on time.
+alternating frameworks and batch sizes repetition by repetition. Workloads:
+`mnist` (configs/mnist_seed.py: SimpleCNN on random uint8 28x28x1) and
+`cifar10` (configs/cifar10.py: ResNet-18 with SimCLR's views and LARS on random
+uint8 32x32x3, against the same recipe in PyTorch, channels-last, bf16 autocast
+with --dtype bfloat16 as cl_jax's compute dtype, `torch.compile` with
+--torch_compile); throughput does not depend on
+pixel values. An "image" is one dataset example, which gives two views; s/epoch
+is the projected time of one pass over the dataset's training split (60,000 or
+50,000). Prints a table and writes JSON. It is a benchmark, not a test: nothing
+here passes or fails on time.
 """
 
 import argparse
@@ -19,10 +26,25 @@ import subprocess
 import sys
 import time
 
-NUM_IMAGES = 60000
+# Per workload: the config file, the image shape, the training split's size.
+WORKLOADS = {"mnist": ("mnist_seed", (28, 28, 1), 60000),
+             "cifar10": ("cifar10", (32, 32, 3), 50000)}
+# Published per-epoch times of SimCLR with ResNet-18 on CIFAR-10 (as issue 25 quotes them;
+# not re-checked from here), printed beside the cifar10 table for scale.
+PUBLISHED_CIFAR10 = [
+    "lightly (docs, benchmarks): 800 epochs in 331 min on one RTX A6000, about 25 s an epoch",
+    "dkobak/simclr-cifar10 (README): 11.9 s an epoch on one A100"]
 
 
-def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, kernels="auto"):
+def workload_config(workload):
+  from cl_jax import config_files  # pylint: disable=g-import-not-at-top
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  name = WORKLOADS[workload][0]
+  return config_files.load(os.path.join(repo_root, "configs", f"{name}.py")).get_config()
+
+
+def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, kernels="auto",
+                workload="mnist"):
   """Times cl_jax's training loop on device: `steps` steps in calls of `steps_per_call`
   (0: the trainer's automatic choice), as the trainer runs them (no host sync between calls).
   Returns a dict of measurements."""
@@ -30,18 +52,19 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, ke
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cl_jax import models, trainer  # pylint: disable=g-import-not-at-top
   from cl_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-  from configs import mnist_seed  # pylint: disable=g-import-not-at-top
 
-  config = mnist_seed.get_config()
+  config = workload_config(workload)
+  _, shape, num_images = WORKLOADS[workload]
   config.batch_size = batch_size
   config.parallel = parallel
   config.dtype = dtype
   config.steps_per_call = steps_per_call
-  config.model.kernels = kernels
+  if workload == "mnist":
+    config.model.kernels = kernels
   devices = jax.local_devices()
-  images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 28, 28, 1), dtype=np.uint8)
-  labels = np.zeros(NUM_IMAGES, np.int32)  # SimCLR does not read them
-  steps_per_epoch = NUM_IMAGES // batch_size
+  images = np.random.default_rng(0).integers(0, 256, (num_images,) + shape, dtype=np.uint8)
+  labels = np.zeros(num_images, np.int32)  # SimCLR does not read them
+  steps_per_epoch = num_images // batch_size
   per_call = trainer.resolve_steps_per_call(config, steps_per_epoch, devices[0].platform)
   training = trainer.OnDeviceTraining(config, devices, images, labels, 10 * steps_per_epoch,
                                       per_call)
@@ -72,20 +95,27 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, ke
   stats = devices[0].memory_stats() or {}
   return {"seconds_per_step": seconds / steps,
           "compile_seconds": first_call - per_call * seconds / steps, "steps_per_call": per_call,
-          "kernels": models.resolve_kernels(kernels), "dtype": dtype,
+          "kernels": (models.resolve_kernels(config.model.kernels)
+                      if config.model.encoder == "simple_cnn" else "xla"), "dtype": dtype,
           "device": f"{devices[0].device_kind} x{len(devices)}",
           "peak_device_bytes": stats.get("peak_bytes_in_use"), "loss": float(metrics["loss"])}
 
 
-def measure_torch(batch_size, steps, warmup):
+def measure_torch(batch_size, steps, warmup, workload="mnist", compile_model=False,
+                  dtype="float32"):
   """Times the PyTorch reference's training step."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  images = torch.randint(0, 256, (NUM_IMAGES, 1, 28, 28), dtype=torch.uint8)
-  training = torch_reference.TorchTraining(images, batch_size, device)
+  _, (height, width, channels), num_images = WORKLOADS[workload]
+  images = torch.randint(0, 256, (num_images, channels, height, width), dtype=torch.uint8)
+  if workload == "cifar10":
+    training = torch_reference.CifarTraining(images, batch_size, device, compile_model,
+                                             bfloat16=dtype == "bfloat16")
+  else:
+    training = torch_reference.TorchTraining(images, batch_size, device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   start = time.perf_counter()
   loss = training.step(0)
@@ -148,11 +178,12 @@ def child(args):
     return
   if args.framework == "cl_jax":
     result = measure_jax(args.batch_size, args.steps, args.warmup, args.parallel, args.dtype,
-                         args.steps_per_call, args.kernels)
+                         args.steps_per_call, args.kernels, args.workload)
   else:
-    result = measure_torch(args.batch_size, args.steps, args.warmup)
+    result = measure_torch(args.batch_size, args.steps, args.warmup, args.workload,
+                           args.torch_compile, args.dtype)
   result["images_per_second"] = args.batch_size / result["seconds_per_step"]
-  result["seconds_per_epoch"] = NUM_IMAGES / result["images_per_second"]
+  result["seconds_per_epoch"] = WORKLOADS[args.workload][2] / result["images_per_second"]
   # ru_maxrss is in KiB on Linux.
   result["peak_host_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   print("RESULT " + json.dumps(result))
@@ -162,7 +193,8 @@ def run_child(framework, batch_size, args):
   command = [sys.executable, os.path.abspath(__file__), "--child", "--framework", framework,
              "--batch_size", str(batch_size), "--steps", str(args.steps), "--warmup",
              str(args.warmup), "--parallel", args.parallel, "--dtype", args.dtype,
-             "--steps_per_call", str(args.steps_per_call), "--kernels", args.kernels]
+             "--steps_per_call", str(args.steps_per_call), "--kernels", args.kernels,
+             "--workload", args.workload] + (["--torch_compile"] if args.torch_compile else [])
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root)
@@ -188,9 +220,14 @@ def main():
                       help="cl_jax steps per jitted call; 0 = the trainer's choice (1 on CPU, "
                       "elsewhere log_every_steps, at most an epoch), "
                       "1 = one dispatch per step")
-  parser.add_argument("--kernels", default="auto", help="cl_jax config.model.kernels")
+  parser.add_argument("--kernels", default="auto", help="cl_jax config.model.kernels (mnist)")
+  parser.add_argument("--workload", default="mnist", choices=sorted(WORKLOADS))
+  parser.add_argument("--torch_compile", action="store_true",
+                      help="compile the PyTorch model with torch.compile (cifar10)")
   parser.add_argument("--parallel", default="shard_map", choices=["shard_map", "pmap"])
-  parser.add_argument("--dtype", default="float32", help="cl_jax compute dtype")
+  parser.add_argument("--dtype", default="float32",
+                      help="compute dtype of cl_jax and (cifar10) of the PyTorch reference's "
+                      "autocast: float32 or bfloat16")
   parser.add_argument("--out", default="", help="write all measurements here as JSON")
   parser.add_argument("--overheads", action="store_true",
                       help="also time the online k-NN monitor and a checkpoint save")
@@ -237,6 +274,10 @@ def main():
     print(f"| {s['framework']} | {s['batch_size']} | {s['device']} | "
           f"{s['images_per_second']:.0f} | {s['seconds_per_epoch']:.1f} | "
           f"{s['compile_seconds']:.1f} | {s['peak_host_mib']:.0f} | {device_mib} | {ratio} |")
+  if args.workload == "cifar10":
+    print("\npublished SimCLR ResNet-18 CIFAR-10 epochs, for scale (other machines):")
+    for line in PUBLISHED_CIFAR10:
+      print(f"  {line}")
   overheads = None
   if args.overheads:
     overheads = run_child("overheads", 0, args)

@@ -92,7 +92,8 @@ def run_steps(config, images, labels, num_devices, mode="shard_map", num_steps=3
   each step, and the losses."""
   model = models.create_model(config)
   tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, schedule_steps=10)
-  initial = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), config)
+  initial = train_step_lib.create_train_state(model, tx, jax.random.key(0), images.shape[1:],
+                                              config)
   step_fn = functools.partial(train_step_lib.train_step, config=config,
                               axis_name=parallel.AXIS, schedule_steps=10)
   dp = parallel.DataParallel(step_fn, mode, jax.devices()[:num_devices])
@@ -114,6 +115,18 @@ def assert_trees_close(got, expected, name, rtol, atol):
                                err_msg=f"{name}{jax.tree_util.keystr(path)}")
 
 
+def assert_four_devices_equal_one(config, initial, one, losses_one, four, losses_four):
+  """float32 sums in another order: 1e-5 relative on the losses; the gradient is
+  -(params after step 1 - params before) / lr (SGD)."""
+  np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
+  gradient = lambda state: jax.tree.map(lambda new, old: (old - new) / config.learning_rate,
+                                        state.params, initial.params)
+  assert_trees_close(gradient(four[0]), gradient(one[0]), "gradient", rtol=1e-3, atol=1e-5)
+  assert_trees_close(four[-1].params, one[-1].params, "params", rtol=1e-4, atol=1e-6)
+  assert_trees_close(four[-1].batch_stats, one[-1].batch_stats, "batch_stats", rtol=1e-4,
+                     atol=1e-6)
+
+
 @pytest.mark.parametrize("method,mode", [("simclr", "shard_map"), ("byol", "shard_map"),
                                          ("simclr", "pmap")])
 def test_train_step_on_four_devices_equals_one(mnist_images, method, mode):
@@ -123,15 +136,7 @@ def test_train_step_on_four_devices_equals_one(mnist_images, method, mode):
   config = bn_config(method)
   initial, one, losses_one = run_steps(config, *mnist_images, 1)
   _, four, losses_four = run_steps(config, *mnist_images, 4, mode)
-  # float32 sums in another order: 1e-5 relative on the losses; the gradient is
-  # -(params after step 1 - params before) / lr.
-  np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
-  gradient = lambda state: jax.tree.map(lambda new, old: (old - new) / config.learning_rate,
-                                        state.params, initial.params)
-  assert_trees_close(gradient(four[0]), gradient(one[0]), "gradient", rtol=1e-3, atol=1e-5)
-  assert_trees_close(four[-1].params, one[-1].params, "params", rtol=1e-4, atol=1e-6)
-  assert_trees_close(four[-1].batch_stats, one[-1].batch_stats, "batch_stats", rtol=1e-4,
-                     atol=1e-6)
+  assert_four_devices_equal_one(config, initial, one, losses_one, four, losses_four)
   if method == "byol":
     assert_trees_close(four[-1].method_state, one[-1].method_state, "target", rtol=1e-4,
                        atol=1e-6)

@@ -44,10 +44,35 @@ BAD_INPUTS = [
      "config.method='barlow': allowed: simclr, moco, byol, supcon, triplet, margin"),
     ({"parallel": "pjit"}, "config.parallel='pjit': allowed: shard_map, pmap"),
     ({"dataset": "mnistt"},
-     "config.dataset='mnistt': not a registered TFDS dataset (e.g. mnist, fashion_mnist)"),
-    ({"knn_k": 9000}, "config.knn_k=9000: must be <= 8000 (the seed protocol's fit set)"),
+     "config.dataset='mnistt': neither a registered TFDS dataset (e.g. mnist, cifar10) nor one "
+     "prepared in data_dir (python -m cl_jax.data.import_folder)"),
+    ({"knn_k": 20000}, "config.knn_k=20000: must be <= 10000 (monitor_bank_size)"),
     ({"monitor_bank_size": 3, "knn_k": 5}, "config.knn_k=5: must be <= 3 (monitor_bank_size)"),
-    ({"optimizer": "lamb"}, "config.optimizer='lamb': allowed: adam, adamw, sgd"),
+    ({"optimizer": "lamb"}, "config.optimizer='lamb': allowed: adam, adamw, sgd, lars"),
+    ({"model.encoder": "resnet34"}, "config.model.encoder='resnet34': allowed: simple_cnn, "
+     "resnet18, resnet50, vit_tiny, vit_small"),
+    ({"model.encoder": "resnet18", "model.kernels": "cpu"}, "config.model.kernels='cpu': the "
+     "custom CPU kernels are simple_cnn's; resnet18 runs XLA's own (use auto or xla)"),
+    ({"model.resnet_stem": "tiny"}, "config.model.resnet_stem='tiny': allowed: cifar, imagenet"),
+    ({"model.encoder": "vit_tiny", "model.patch_size": 5},
+     "config.model.patch_size=5: must divide the images' sides (28x28)"),
+    ({"model.encoder": "vit_small", "model.width": 200},
+     "config.model.width=200: must divide by its 3 attention heads (one per 64 of width)"),
+    ({"model.width": 0}, "config.model.width=0: must be -1 (the named size's) or a positive integer"),
+    ({"augment.flip_probability": 1.5},
+     "config.augment.flip_probability=1.5: must be a probability in [0, 1]"),
+    ({"augment.blur_probability": (0.5,)},
+     "config.augment.blur_probability=(0.5,): must be a pair (view 1, view 2) of probabilities"),
+    ({"augment.solarize_probability": (0.0, -0.2)}, "config.augment.solarize_probability=(0.0, "
+     "-0.2): must be a pair (view 1, view 2) of probabilities"),
+    ({"augment.hue": 0.6}, "config.augment.hue=0.6: must be at most 0.5 (a shift of half a turn)"),
+    ({"augment.blur_sigma": (0.0, 2.0)}, "config.augment.blur_sigma=(0.0, 2.0): need 0 < min <= max"),
+    ({"method": "supcon", "unlabelled_split": "unlabelled"}, "config.unlabelled_split="
+     "'unlabelled': supcon reads labels; unlabelled images have none"),
+    ({"image_size": -2}, "config.image_size=-2: must be 0 (keep) or a positive integer"),
+    ({"lars_trust_coefficient": 0.0}, "config.lars_trust_coefficient=0.0: must be > 0"),
+    ({"dataset": "imagenette"}, "config.image_size=0: imagenette's images have no one size: "
+     "set it to resize them when loading"),
     ({"validation_examples": -1},
      "config.validation_examples=-1: must be 0 (no validation split) or a positive integer"),
     ({"validation_examples": 0},

@@ -230,7 +230,7 @@ def test_validation_metrics_fit_on_the_rest_and_predict_the_validation_rows():
   k = 1 (each row its own neighbour) instead of chance."""
   rng = np.random.default_rng(0)
   train_x, train_y = rng.normal(size=(600, 5)).astype(np.float32), rng.integers(0, 4, 600)
-  test_size = evaluation.SEED_PROTOCOL_FIT + 100  # the seed protocol's fit set, then 100
+  test_size = 500
   test_x = rng.normal(size=(test_size, 5)).astype(np.float32)
   test_y = rng.integers(0, 4, test_size)
   config = default_config.get_config()
@@ -260,7 +260,7 @@ def test_raw_pixel_cache_follows_the_settings_and_the_code(tmp_path, monkeypatch
   rng = np.random.default_rng(0)
   split = lambda n: data.Split(rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8),
                                rng.integers(0, 3, n).astype(np.int32))
-  train, test = split(300), split(evaluation.SEED_PROTOCOL_FIT + 50)
+  train, test = split(300), split(500)
   computed = []
   monkeypatch.setattr(evaluator, "embedding_metrics",
                       lambda *args: computed.append(args[-1].to_dict()) or {"knn_seed": 0.5})

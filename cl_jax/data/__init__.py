@@ -8,7 +8,7 @@ each example's content digest (SHA-256 of the image bytes and the label): the
 same order however the data were prepared, and a fixed pseudo-random order
 that is not grouped by class or writer. Every protocol that takes "the first N"
 (`validation_examples`, `max_train_examples`, the monitor's bank and queries, the
-seed protocol's 8,000 / 2,000 split, `eval_train_examples`) reads that order.
+seed protocol's first 80% of the test split (MNIST: 8,000 / 2,000), `eval_train_examples`) reads that order.
 """
 
 import dataclasses
@@ -57,6 +57,89 @@ class DatasetNotPreparedError(RuntimeError):
   """TFDS has no prepared copy of the dataset and this machine cannot download it."""
 
 
+class MixedSizesError(ValueError):
+  """The dataset's images have no one size and no resize was asked for."""
+
+
+# Datasets whose canonical files are in MNIST's IDX layout (cl_jax.data.import_idx).
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of the code needs to know of a dataset, from its TFDS metadata."""
+  name: str
+  image_shape: tuple  # (H, W, C) of the images as loaded (after any resize)
+  num_classes: int | None  # None: the labels are not a ClassLabel
+  class_names: list | None  # the names of labels 0, 1, ...; None: integer labels only
+  # The split reported once: "test", or "validation" where there is no test split; None
+  # where the prepared dataset has neither.
+  test_split: str | None
+  split_sizes: dict  # examples per split; empty before the dataset is prepared
+
+
+def _builder(dataset, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _hide_gpus_from_tensorflow()
+  return tfds.builder(dataset, data_dir=data_dir or None)
+
+
+def dataset_info(dataset, data_dir=None, image_size=0):
+  """The `DatasetInfo` of a TFDS image-classification dataset (registered, or prepared in
+  `data_dir` by import_folder); `image_size` > 0: images resized to that square on load.
+  Reads metadata only: works before the dataset is prepared."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  info = _builder(dataset, data_dir).info
+  height, width, channels = info.features["image"].shape
+  if image_size > 0:
+    height = width = image_size
+  elif height is None or width is None:
+    raise MixedSizesError(f"{dataset}'s images have no one size: set it to resize them "
+                          "when loading")
+  names = class_names(dataset, data_dir)
+  label = info.features["label"]
+  num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
+  sizes = {name: info.splits[name].num_examples for name in info.splits.keys()}
+  test_split = next((s for s in ("test", "validation") if s in sizes), None)
+  if not sizes:  # not prepared yet: TFDS's convention until the splits are known
+    test_split = "test"
+  return DatasetInfo(name=dataset, image_shape=(height, width, channels or 3),
+                     num_classes=num_classes, class_names=names, test_split=test_split,
+                     split_sizes=sizes)
+
+
+def prepare_command(dataset, data_dir=None):
+  """How to prepare `dataset` on a machine without internet, as a line to show the user."""
+  target = f" --data_dir {data_dir}" if data_dir else ""
+  if dataset in IDX_DATASETS:
+    return (f"Import it from the canonical IDX files with:\n"
+            f"  python -m cl_jax.data.import_idx --src DIR_WITH_IDX_FILES --dataset {dataset}"
+            + target)
+  if _is_registered(dataset):
+    return (f"Prepare it where TFDS can download it (`tfds build {dataset}{target}`) and copy "
+            "the data dir here (or import images of your own under another name with "
+            "python -m cl_jax.data.import_folder)")
+  return (f"Import it from a folder of images, one sub-folder per class, with:\n"
+          f"  python -m cl_jax.data.import_folder --src DIR --name {dataset}" + target)
+
+
+def _is_prepared(dataset, data_dir):
+  """Whether `data_dir` holds a prepared copy of `dataset` (e.g. from import_folder)."""
+  try:
+    return _builder(dataset, data_dir).is_prepared()
+  except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
+    return False
+
+
+def _is_registered(dataset):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    tfds.builder_cls(dataset)
+  except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
+    return False
+  return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   images: np.ndarray  # uint8 [N, H, W, C]
@@ -68,6 +151,11 @@ class Split:
   def __getitem__(self, index):
     """The examples at `index` (a slice or an index array), as a Split."""
     return Split(images=self.images[index], labels=self.labels[index])
+
+  def concatenate(self, other):
+    """This split's examples followed by `other`'s."""
+    return Split(images=np.concatenate([self.images, other.images]),
+                 labels=np.concatenate([self.labels, other.labels]))
 
   def fingerprint(self):
     """SHA-256 (hex) of the images and labels in order: names exactly this data."""
@@ -95,7 +183,36 @@ def _hide_gpus_from_tensorflow():
   tf.config.set_visible_devices([], "GPU")
 
 
-def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
+def resize(image, image_size):
+  """tf.image's antialiased bilinear resize to `image_size` square, rounded to uint8."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  image = tf.image.resize(image, (image_size, image_size), antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _read(builder, split, image_size):
+  """The whole split as (uint8 images [N, H, W, C], int32 labels [N]); images of mixed
+  sizes are resized to `image_size` square as they are read."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  mixed = None in builder.info.features["image"].shape[:2]
+  if mixed and image_size <= 0:
+    raise MixedSizesError(f"{builder.name}'s images have no one size: set config.image_size "
+                          "to resize them when loading")
+  dataset = builder.as_dataset(split=split, shuffle_files=False)
+  if mixed:
+    dataset = dataset.map(lambda e: {"image": resize(e["image"], image_size),
+                                     "label": e["label"]})
+  dataset = dataset.map(lambda e: {"image": e["image"], "label": e["label"]}).batch(4096)
+  images, labels = [], []
+  for batch in tfds.as_numpy(dataset):
+    images.append(np.asarray(batch["image"], np.uint8))
+    labels.append(np.asarray(batch["label"], np.int32))
+  if not images:
+    raise ValueError(f"{builder.name}: split {split!r} is empty")
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def load_split(dataset, split, data_dir=None, max_examples=-1, download=False, image_size=0):
   """Loads a whole TFDS split into host memory as uint8 images and int32 labels.
 
   Args:
@@ -108,15 +225,17 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
     download: let TFDS download and prepare the dataset when it is missing and
       its download host answers (without internet TFDS would retry for minutes;
       the probe fails within about 10 s).
+    image_size: > 0: resize every image to this square (datasets of mixed sizes).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _hide_gpus_from_tensorflow()
   data_dir = data_dir or None
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not _is_registered(dataset) and not _is_prepared(dataset, data_dir):
+    raise DatasetNotPreparedError(f"TFDS knows no dataset '{dataset}' and none is prepared "
+                                  f"in {data_dir or 'TFDS default data dir'}. "
+                                  f"{prepare_command(dataset, data_dir)}")
+  builder = _builder(dataset, data_dir)
   if not builder.is_prepared():
-    fix = (f"Import it from the canonical IDX files with:\n"
-           f"  python -m cl_jax.data.import_idx --src DIR_WITH_IDX_FILES --dataset {dataset}"
-           + (f" --data_dir {data_dir}" if data_dir else ""))
+    fix = prepare_command(dataset, data_dir)
     if not download:
       raise DatasetNotPreparedError(
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and "
@@ -134,13 +253,17 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False):
       raise DatasetNotPreparedError(
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and could not be "
           f"downloaded ({type(e).__name__}). {fix}") from e
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-  images = np.asarray(data["image"], np.uint8)
-  labels = np.asarray(data["label"], np.int32)
+  images, labels = _read(builder, split, image_size)
+  # The order of the stored images, so that a resize keeps "the first N" the same images
+  # (images of mixed sizes are resized as they are read, so theirs is of the resized ones).
   order = canonical_order(images, labels)
   if max_examples >= 0:
     order = order[:max_examples]
-  return Split(images=images[order], labels=labels[order])
+  images = images[order]
+  if image_size > 0 and images.shape[1:3] != (image_size, image_size):
+    images = np.concatenate([resize(images[i:i + 4096], image_size).numpy()
+                             for i in range(0, len(images), 4096)])
+  return Split(images=images, labels=labels[order])
 
 
 def split_validation(train, validation_examples):
@@ -158,8 +281,17 @@ def class_names(dataset, data_dir=None):
   """The names of the labels 0, 1, ... from the dataset's TFDS features ("0".."9" for MNIST),
   or None when its `label` feature names none (not a ClassLabel)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  label = tfds.builder(dataset, data_dir=data_dir or None).info.features["label"]
+  label = _builder(dataset, data_dir).info.features["label"]
   return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+
+
+def load_for(config, split, data_dir, max_examples=-1):
+  """`load_split` of config.dataset with the config's download and resize settings; `split`
+  names a TFDS split, or "test" the dataset's test split (`DatasetInfo.test_split`)."""
+  if split == "test":
+    split = dataset_info(config.dataset, data_dir, config.image_size).test_split
+  return load_split(config.dataset, split, data_dir, max_examples,
+                    download=config.data_download, image_size=config.image_size)
 
 
 def default_data_dir():

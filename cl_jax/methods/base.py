@@ -28,10 +28,11 @@ class Method:
   def check_config(self, config, fail):
     """Checks the fields this method reads; `fail(field, value, message)` raises."""
 
-  def initial_state(self, config, params, batch_stats, key):
+  def initial_state(self, config, params, batch_stats, key, embedding_width):
     """The method's own state (`ContrastiveState.method_state`): a dict of arrays, or None.
-    Its keys are top-level keys of the checkpoint."""
-    del config, params, batch_stats, key
+    Its keys are top-level keys of the checkpoint. `embedding_width`: the width of what the
+    loss reads (the projections, or the encoder's features without a head), measured."""
+    del config, params, batch_stats, key, embedding_width
     return None
 
   def loss(self, params, state, view1, view2, batch, config, axis_name):
@@ -84,8 +85,8 @@ class MomentumMethod(Method):
     if not 0 <= config.momentum < 1:
       fail("momentum", config.momentum, "must be in [0, 1)")
 
-  def initial_state(self, config, params, batch_stats, key):
-    del config, key
+  def initial_state(self, config, params, batch_stats, key, embedding_width):
+    del config, key, embedding_width
     # Starts equal to the online network; own buffers, as the step donates the state.
     state = {"momentum_params": jax.tree.map(jnp.copy, params)}
     if batch_stats is not None:

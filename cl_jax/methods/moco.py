@@ -25,12 +25,11 @@ class MoCo(base.MomentumMethod):
     if config.queue_size <= 0:
       fail("queue_size", config.queue_size, "must be a positive integer")
 
-  def initial_state(self, config, params, batch_stats, key):
-    state = super().initial_state(config, params, batch_stats, key)
+  def initial_state(self, config, params, batch_stats, key, embedding_width):
+    state = super().initial_state(config, params, batch_stats, key, embedding_width)
     # Random unit keys, as MoCo starts: the first queue_size / 2N steps see them.
-    dim = config.model.projection_dim or config.model.dense_features
     state["queue"] = losses.l2_normalize(
-        jax.random.normal(key, (config.queue_size, dim), jnp.float32))
+        jax.random.normal(key, (config.queue_size, embedding_width), jnp.float32))
     state["queue_next"] = jnp.zeros((), jnp.int32)
     return state
 
