@@ -244,12 +244,15 @@ def solarize(image, threshold=0.5):
   return jnp.where(image >= threshold, 1.0 - image, image)
 
 
-def intensity_key(key):
-  """The key of a view's colour jitter: `fold_in(key, 3)`, which no other draw of the
-  view uses (under JAX's partitionable threefry it is `split(key, 4)[3]`, and the warp
-  uses `split(key, 3)`), so configs without jitter draw the views they always drew; the
-  later ops fold in 4, 5, ... likewise."""
-  return jax.random.fold_in(key, 3)
+# What each colour op folds into the view's key. The warp uses split(key, 3); under JAX's
+# partitionable threefry fold_in(key, i) is split(key, i + 1)[i], so from 3 on no op
+# draws the warp's bits, and a config with an op off draws the views it always drew.
+OP_KEYS = {"jitter": 3, "flip": 4, "grayscale": 5, "blur": 6, "solarize": 7}
+
+
+def op_key(key, op):
+  """The key of colour op `op` of the view whose key is `key`."""
+  return jax.random.fold_in(key, OP_KEYS[op])
 
 
 def _applies(key, probability):
@@ -271,27 +274,26 @@ def random_view(key, image, config, view=0):
                                         config.elastic_grid)
   view_image = warp_affine(data.to_float(image),
                            affine_matrix(height, width, crop_box, angle, shear), displacement)
-  k_flip, k_gray, k_blur, k_solarize = (jax.random.fold_in(key, i) for i in range(4, 8))
   if config.flip_probability > 0:
-    view_image = jnp.where(_applies(k_flip, config.flip_probability), view_image[:, ::-1],
-                           view_image)
+    view_image = jnp.where(_applies(op_key(key, "flip"), config.flip_probability),
+                           view_image[:, ::-1], view_image)
   if any(config[f] > 0 for f in JITTER_FIELDS):
-    k_apply, k_jitter = jax.random.split(intensity_key(key))
+    k_apply, k_jitter = jax.random.split(op_key(key, "jitter"))
     jittered = colour_jitter(view_image, *sample_jitter(k_jitter, config),
                              active=[config[f] > 0 for f in JITTER_FIELDS])
     if config.jitter_probability < 1:
       jittered = jnp.where(_applies(k_apply, config.jitter_probability), jittered, view_image)
     view_image = jittered
   if config.grayscale_probability > 0 and view_image.shape[-1] > 1:
-    view_image = jnp.where(_applies(k_gray, config.grayscale_probability),
+    view_image = jnp.where(_applies(op_key(key, "grayscale"), config.grayscale_probability),
                            jnp.broadcast_to(luma(view_image), view_image.shape), view_image)
   if config.blur_probability[view] > 0:
-    k_apply, k_sigma = jax.random.split(k_blur)
+    k_apply, k_sigma = jax.random.split(op_key(key, "blur"))
     sigma = jax.random.uniform(k_sigma, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
     blurred = gaussian_blur(view_image, sigma, blur_kernel_size(height, width))
     view_image = jnp.where(_applies(k_apply, config.blur_probability[view]), blurred, view_image)
   if config.solarize_probability[view] > 0:
-    view_image = jnp.where(_applies(k_solarize, config.solarize_probability[view]),
+    view_image = jnp.where(_applies(op_key(key, "solarize"), config.solarize_probability[view]),
                            solarize(view_image), view_image)
   return view_image
 

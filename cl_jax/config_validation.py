@@ -72,6 +72,9 @@ def check_dataset(config):
     if info.test_split is None:
       _fail("dataset", name, f"has no test or validation split to report on (splits: "
             f"{', '.join(sorted(sizes))})")
+    if config.unlabelled_split in ("train", info.test_split):
+      _fail("unlabelled_split", config.unlabelled_split,
+            "must be a split other than the training and test splits")
     if config.unlabelled_split and config.unlabelled_split not in sizes:
       _fail("unlabelled_split", config.unlabelled_split,
             f"{name} has no such split (splits: {', '.join(sorted(sizes))})")

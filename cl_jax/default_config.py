@@ -110,7 +110,7 @@ def get_config():
   config.optimizer = "adam"
   config.learning_rate = 1e-3  # Peak learning rate (times batch_size / 256 with lr_batch_scaling).
   config.lr_batch_scaling = False  # Scale learning_rate by batch_size / 256 (SimCLR's and solo-learn's rule).
-  config.weight_decay = 0.0  # Weight decay (adamw: decoupled; lars: added to the gradient).
+  config.weight_decay = 0.0  # Weight decay of the kernels (adamw: decoupled; lars: added to the gradient; adam, sgd: none).
   config.lars_trust_coefficient = 0.001  # lars: eta of the trust ratio eta * |w| / |g + wd w| (SimCLR's; solo-learn's 0.02).
   # lars: solo-learn's variant instead of optax.lars: the trust ratio eta * |w| / (|g| + wd |w|),
   # clipped so that no weight's step exceeds the learning rate's (its clip_lr).

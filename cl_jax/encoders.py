@@ -16,9 +16,10 @@ from cl_jax import models
 REGISTRY = {}
 
 # torchvision's initialisation of a ResNet's convolutions (kaiming_normal_, fan_out, relu),
-# and timm's of a ViT's linear layers (trunc_normal_, std 0.02; biases 0).
+# and timm's of a ViT's linear layers (trunc_normal_(std=0.02), whose cut at +-2 is in
+# absolute units, 100 standard deviations: a normal; biases 0).
 _RESNET_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-_VIT_DENSE_INIT = nn.initializers.truncated_normal(0.02)
+_VIT_DENSE_INIT = nn.initializers.normal(0.02)
 
 
 def register(name, uses_custom_kernels=False, uses_patches=False):

@@ -68,7 +68,7 @@ def create_optimizer(config, steps_per_epoch, schedule_steps):
   else:
     schedule = peak
   if config.optimizer == "adamw":
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
+    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decays)
   if config.optimizer == "sgd":
     return optax.sgd(schedule, momentum=0.9)
   if config.optimizer == "lars" and config.lars_clip:

@@ -231,8 +231,8 @@ def test_one_channel_views_skip_colour_only_ops():
 
 
 def test_op_keys_are_used_by_no_other_draw():
-  """Every op draws from its own key: fold_in(key, 3..7) and what they split into are none
-  of the warp's keys (fold_in(key, 1) would be split(key, 3)[1] under partitionable
+  """`augment.op_key` of every op, and what the ops split it into, are none of the warp's
+  keys nor each other's (fold_in(key, 1) would be split(key, 3)[1] under partitionable
   threefry: the same random bits drawn twice)."""
   def data_of(keys):
     return {tuple(np.asarray(jax.random.key_data(k))) for k in keys}
@@ -242,10 +242,23 @@ def test_op_keys_are_used_by_no_other_draw():
     used = [key] + warp_keys + list(jax.random.split(warp_keys[0], 4)) + list(
         jax.random.split(warp_keys[0], 2))
     op_keys = []
-    for i in range(3, 8):
-      folded = jax.random.fold_in(key, i)
+    for op in augment.OP_KEYS:
+      folded = augment.op_key(key, op)
       halves = list(jax.random.split(folded))
       op_keys += [folded] + halves + list(jax.random.split(halves[1])) + list(
           jax.random.split(jax.random.split(halves[1])[0], 4))
     assert len(data_of(op_keys)) == len(op_keys)
     assert not data_of(used) & data_of(op_keys)
+
+
+def test_turning_an_op_on_leaves_the_others_draws_alone():
+  """Adding grayscale and solarization to a config with flip and blur changes no view
+  that neither new op touched: the flip and blur draw from their own keys."""
+  images = colour_images(64)
+  base = dict(degrees=0.0, shear=0.0, elastic_alpha=0.0, flip_probability=0.5,
+              blur_probability=(0.5, 0.5))
+  before = views(images, augment_config(**base))[0]
+  after = views(images, augment_config(grayscale_probability=0.3,
+                                       solarize_probability=(0.3, 0.3), **base))[0]
+  same = np.all(np.abs(before - after).reshape(64, -1) < 1e-7, axis=1)
+  assert 0.3 < same.mean() < 0.7  # about (1 - 0.3)^2 = 0.49 untouched by the new ops

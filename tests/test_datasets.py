@@ -6,6 +6,7 @@ does; and the dataset metadata, the resize, the folder import and the errors."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -102,6 +103,12 @@ def test_a_resumed_run_equals_an_uninterrupted_one(fake_dir, tmp_path, encoder):
   resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert resumed["resumed_from_step"] == 2
   assert resumed["params_sha256"] == whole["params_sha256"]
+  from cl_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  trees = [checkpointing.Checkpointer(str(tmp_path / name)).restore_tree(4)
+           for name in ("whole", "resumed")]
+  stats = [tree.get("batch_stats") for tree in trees]
+  assert (stats[0] is None) == (encoder != "resnet18")  # only the ResNet has BatchNorm
+  jax.tree.map(np.testing.assert_array_equal, stats[0], stats[1])
 
 
 @pytest.mark.slow
@@ -146,9 +153,17 @@ def test_prepared_datasets_are_checked_against_their_splits(fake_dir):
   with pytest.raises(config_validation.ConfigError, match="config.unlabelled_split="
                      "'unlabelled': cifar10 has no such split \\(splits: test, train\\)"):
     config_validation.validate(config, 1, default_config.get_config())
+  config = tiny_config(fake_dir, unlabelled_split="test")  # pre-training on test images
+  with pytest.raises(config_validation.ConfigError, match="must be a split other than"):
+    config_validation.validate(config, 1, default_config.get_config())
   config_validation.validate(tiny_config(fake_dir, dataset="stl10",
                                          unlabelled_split="unlabelled"), 1,
                              default_config.get_config())
+
+
+def test_registered_names_with_a_config_or_version_are_registered():
+  assert data.is_registered("imagenette/320px-v2") and data.is_registered("cifar10:3.0.2")
+  assert not data.is_registered("my_own_images")
 
 
 def test_dataset_info_from_the_tfds_metadata(fake_dir):
@@ -230,6 +245,17 @@ def test_a_folder_of_class_folders_becomes_a_dataset(tmp_path):
   for split in (train, test):
     for image, label in zip(split.images, split.labels):
       assert files[image.tobytes()] == label
+
+
+def test_the_folder_import_refuses_what_it_would_misread(tmp_path):
+  """A registered name (its builder, not the images, would be read) and a folder with
+  train/ but no test/ (its split folders would become classes)."""
+  src = tmp_path / "pets"
+  write_images(str(src / "train"), lambda i: (8, 8, 3), count=2)
+  with pytest.raises(ValueError, match="a dataset TFDS registers"):
+    import_folder.import_folder(str(src), "cifar10", str(tmp_path / "tfds"))
+  with pytest.raises(ValueError, match="holds train/; need both train/ and test/"):
+    import_folder.import_folder(str(src), "my_pets", str(tmp_path / "tfds"))
 
 
 def test_a_train_test_folder_of_mixed_sizes_needs_a_resize(tmp_path):

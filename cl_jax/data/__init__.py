@@ -115,7 +115,7 @@ def prepare_command(dataset, data_dir=None):
     return (f"Import it from the canonical IDX files with:\n"
             f"  python -m cl_jax.data.import_idx --src DIR_WITH_IDX_FILES --dataset {dataset}"
             + target)
-  if _is_registered(dataset):
+  if is_registered(dataset):
     return (f"Prepare it where TFDS can download it (`tfds build {dataset}{target}`) and copy "
             "the data dir here (or import images of your own under another name with "
             "python -m cl_jax.data.import_folder)")
@@ -131,10 +131,11 @@ def _is_prepared(dataset, data_dir):
     return False
 
 
-def _is_registered(dataset):
+def is_registered(dataset):
+  """Whether TFDS has a builder for `dataset` ("name", "name/config" or "name:version")."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    tfds.builder_cls(dataset)
+    tfds.builder_cls(dataset.split("/")[0].split(":")[0])
   except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
     return False
   return True
@@ -229,7 +230,7 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False, i
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = data_dir or None
-  if not _is_registered(dataset) and not _is_prepared(dataset, data_dir):
+  if not is_registered(dataset) and not _is_prepared(dataset, data_dir):
     raise DatasetNotPreparedError(f"TFDS knows no dataset '{dataset}' and none is prepared "
                                   f"in {data_dir or 'TFDS default data dir'}. "
                                   f"{prepare_command(dataset, data_dir)}")

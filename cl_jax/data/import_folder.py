@@ -50,7 +50,15 @@ def import_folder(src, name, data_dir=None, channels=3, image_size=0, test_fract
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  if all(os.path.isdir(os.path.join(src, split)) for split in SPLITS):
+  if data.is_registered(name):
+    raise ValueError(f"--name {name}: a dataset TFDS registers; its builder, not these "
+                     "images, would be read under that name: choose another")
+  present = [split for split in ("train", "test", "validation", "val")
+             if os.path.isdir(os.path.join(src, split))]
+  if present and sorted(present) != sorted(SPLITS):
+    raise ValueError(f"{src}: holds {', '.join(present)}/; need both train/ and test/ "
+                     "(TFDS's ImageFolder layout) or class folders only")
+  if present:
     splits, names = _read_image_folder(src, channels, image_size)
   else:  # class folders only: read them as one split, then hold out the test split
     with tempfile.TemporaryDirectory() as layout:
