@@ -151,3 +151,19 @@ def test_learning_rate_batch_scaling(scaling, batch, expected):
     _, state = sgd.update({"w": jnp.zeros(3)}, state, params)
   updates, _ = sgd.update({"w": jnp.ones(3)}, state, params)
   np.testing.assert_allclose(np.asarray(updates["w"]), -expected, rtol=1e-6)
+
+
+def test_adamw_decays_kernels_only():
+  """With a zero gradient AdamW's update is the decoupled decay alone, -lr wd w: on the
+  kernels, and nothing on biases and normalisation parameters."""
+  config = default_config.get_config()
+  config.optimizer, config.learning_rate, config.weight_decay = "adamw", 0.1, 0.5
+  params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree(np.random.default_rng(7)))
+  tx = train_step.create_optimizer(config, 10, 100)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  for path, update in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    leaf = params
+    for key in path:
+      leaf = leaf[key.key]
+    expected = -0.1 * 0.5 * np.asarray(leaf) if path[-1].key == "kernel" else 0.0
+    np.testing.assert_allclose(np.asarray(update), expected, rtol=1e-6, atol=1e-8)
