@@ -16,12 +16,15 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+PROBE_KEY = "online_probe"
+
+
 def state_to_tree(state, rng, schedule_steps, train_seconds=0.0):
   """The host pytree that is checkpointed: step, params, optimizer state, base key, the
   length of the learning-rate (and momentum) schedule, the seconds trained up to this
   step (over every resumed segment), BatchNorm's running averages where the model has
-  BN, and the method's own state (its keys at the top level, as written before methods
-  had a state of their own, so older checkpoints keep restoring)."""
+  BN, the method's own state (its keys at the top level, as written before methods
+  had a state of their own, so older checkpoints keep restoring) and the online probe's."""
   tree = {"step": np.asarray(state.step), "params": state.params,
           "opt_state": state.opt_state, "rng": np.asarray(jax.random.key_data(rng)),
           "schedule_steps": np.asarray(schedule_steps, np.int64),
@@ -32,13 +35,16 @@ def state_to_tree(state, rng, schedule_steps, train_seconds=0.0):
     if key in tree:
       raise ValueError(f"method state key {key!r} collides with a checkpoint key")
     tree[key] = value
+  if state.probe is not None:
+    tree[PROBE_KEY] = state.probe
   return tree
 
 
 def tree_to_state(tree, state_template):
   """Inverse of `state_to_tree`: returns (state, base key, schedule steps or None).
 
-  Checkpoints written before the schedule's length was saved give None.
+  Checkpoints written before the schedule's length was saved give None; those written
+  before the online probe existed leave the template's fresh probe.
   """
   state = state_template.replace(step=tree["step"], params=tree["params"],
                                  opt_state=tree["opt_state"])
@@ -46,6 +52,8 @@ def tree_to_state(tree, state_template):
     state = state.replace(batch_stats=tree["batch_stats"])
   if state_template.method_state is not None:
     state = state.replace(method_state={k: tree[k] for k in state_template.method_state})
+  if state_template.probe is not None and PROBE_KEY in tree:
+    state = state.replace(probe=tree[PROBE_KEY])
   schedule_steps = int(tree["schedule_steps"]) if "schedule_steps" in tree else None
   return state, jax.random.wrap_key_data(tree["rng"]), schedule_steps
 
@@ -56,7 +64,7 @@ def saved_train_seconds(tree):
 
 
 # Keys a checkpoint may lack (written by an earlier version); restored only where present.
-_OPTIONAL_KEYS = ("schedule_steps", "train_seconds")
+_OPTIONAL_KEYS = ("schedule_steps", "train_seconds", PROBE_KEY)
 
 
 # Config fields a resumed run may change: they do not alter the training math.
@@ -65,7 +73,7 @@ _OPTIONAL_KEYS = ("schedule_steps", "train_seconds")
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "num_devices", "parallel", "progress_bar", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "resume", "data_dir", "data_download",
-    "knn_k", "eval_every_epochs", "monitor_bank_size", "monitor_query_size",
+    "knn_k", "weighted_knn_k", "weighted_knn_temperature", "eval_every_epochs", "monitor_bank_size", "monitor_query_size",
     "evaluate_at_end", "eval_train_examples", "eval_batch_size", "tsne_points", "cache_dir",
     # What the monitor and the evaluation hold out; label-reading methods train without it,
     # which trainer.check_resumable checks for them.

@@ -125,7 +125,8 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
       _fail(field, config[field], "must be > 0")
   if not isinstance(config.num_epochs, int) or config.num_epochs <= 0:
     _fail("num_epochs", config.num_epochs, "must be a positive integer")
-  for field in ("weight_decay", "warmup_epochs", "eval_every_epochs", "steps_per_call"):
+  for field in ("weight_decay", "warmup_epochs", "eval_every_epochs", "steps_per_call",
+                "online_probe_learning_rate"):
     if config[field] < 0:
       _fail(field, config[field], "must be >= 0")
   for field in ("max_steps", "max_train_examples", "eval_train_examples"):
@@ -159,6 +160,14 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
       _fail("knn_k", config.knn_k, f"must be <= {size} ({name})")
   if config.knn_k <= 0:
     _fail("knn_k", config.knn_k, "must be a positive integer")
+  weighted = tuple(config.weighted_knn_k)
+  if not all(isinstance(k, int) and k > 0 for k in weighted):
+    _fail("weighted_knn_k", weighted, "every k must be a positive integer")
+  if weighted and config.eval_train_examples > 0 and max(weighted) > config.eval_train_examples:
+    _fail("weighted_knn_k", weighted, f"must be <= {config.eval_train_examples} "
+          "(eval_train_examples)")
+  if not config.weighted_knn_temperature > 0:
+    _fail("weighted_knn_temperature", config.weighted_knn_temperature, "must be > 0")
   if config.image_size < 0:
     _fail("image_size", config.image_size, "must be 0 (keep) or a positive integer")
   if config.unlabelled_split and methods.get(config.method).uses_labels:

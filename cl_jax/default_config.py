@@ -136,7 +136,17 @@ def get_config():
   config.progress_bar = True  # Show a tqdm progress bar.
 
   # Evaluation (on the encoder output, never the projection head).
-  config.knn_k = 5  # Neighbours for every k-NN metric.
+  config.knn_k = 5  # Neighbours of the k-NN metrics with uniform votes (the monitor's too).
+  # The weighted k-NN of InstDisc (cosine, votes weighted by exp(similarity / T)) that
+  # solo-learn, lightly and VISSL report, at each of these k (train -> test and on the
+  # validation split); () = none.
+  config.weighted_knn_k = (200, 20)
+  config.weighted_knn_temperature = 0.1  # T of the weighted k-NN's votes (InstDisc's 0.07, solo-learn's 0.1).
+  # Online linear probe (solo-learn's): a linear classifier trained with Adam at this
+  # learning rate, beside pre-training, on the encoder's features (through a stop-gradient)
+  # of the batch's labelled images outside the validation split; the monitor logs it on the
+  # validation queries, the evaluation reports it. 0 = no probe.
+  config.online_probe_learning_rate = 1e-3
   config.eval_every_epochs = 1  # Online k-NN monitor every this many epochs; 0 = off.
   config.monitor_bank_size = 10000  # Monitor: first this many training images after the validation split are the k-NN bank.
   config.monitor_query_size = 2000  # Monitor: first this many validation images are the queries.

@@ -96,6 +96,44 @@ def knn_predict_cosine(bank, bank_labels, queries, k, num_classes):
   return jnp.argmax(votes, axis=1)  # argmax returns the first (smallest) of tied maxima
 
 
+def weighted_knn_scores(bank, bank_labels, queries, k, temperature, num_classes):
+  """InstDisc's weighted k-NN votes (Wu et al. 2018, section 3.4), jax arrays in and out:
+  the k bank rows most cosine-similar to each query vote for their labels with weight
+  exp(similarity / temperature). Returns the votes [queries, num_classes]. Neighbours tied
+  in similarity are taken lower bank index first (lax.top_k)."""
+  similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
+                          precision=losses.HIGHEST)
+  top, neighbours = jax.lax.top_k(similarity, k)
+  weights = jnp.exp(top / temperature)
+  return (jax.nn.one_hot(bank_labels[neighbours], num_classes) * weights[..., None]).sum(axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _weighted_knn_chunk(bank, bank_labels, queries, k, temperature, num_classes):
+  return jnp.argmax(weighted_knn_scores(bank, bank_labels, queries, k, temperature,
+                                        num_classes), axis=1)
+
+
+def weighted_knn_accuracy(fit_x, fit_y, query_x, query_y, k=200, temperature=0.1,
+                          chunk=500):
+  """Accuracy of the weighted k-NN (`weighted_knn_scores`) that solo-learn, lightly and
+  VISSL report (k = 200 or 20, temperature 0.1 or 0.07), on device, `chunk` queries at a
+  time (padded: one compilation); class-vote ties go to the smallest label."""
+  if k > len(fit_x):
+    raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
+  num_classes = int(max(fit_y.max(), query_y.max())) + 1
+  bank, bank_labels = jnp.asarray(fit_x, jnp.float32), jnp.asarray(fit_y, jnp.int32)
+  predictions = []
+  for start in range(0, len(query_x), chunk):
+    queries = query_x[start:start + chunk]
+    count = len(queries)
+    queries = np.pad(queries, ((0, chunk - count), (0, 0)))
+    predictions.append(np.asarray(_weighted_knn_chunk(
+        bank, bank_labels, jnp.asarray(queries, jnp.float32), k, float(temperature),
+        num_classes))[:count])
+  return float(np.mean(np.concatenate(predictions) == query_y))
+
+
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1e-4,
                           steps=300):
   """Multinomial logistic regression on frozen, standardised features (full-batch L-BFGS)."""

@@ -22,6 +22,7 @@ from cl_jax import evaluation  # pylint: disable=wrong-import-position
 from cl_jax import metric_logging  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
 from cl_jax import multihost  # pylint: disable=wrong-import-position
+from cl_jax import online_probe  # pylint: disable=wrong-import-position
 from cl_jax import parallel  # pylint: disable=wrong-import-position
 from cl_jax import train_step  # pylint: disable=wrong-import-position
 
@@ -78,15 +79,20 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
   """Every metric of one representation of the training split (its first rows, at least
   those `fit_rows` names) and of the test split.
 
-  Validation (what selections read): k-NN and linear probe fit on the training rows after
-  the first `validation_examples`, predicting those. Test (reported, never selected on):
-  k-NN under both protocols and the probe, fit on the training split (the validation
-  images included, as the standard train -> test protocol does).
+  Validation (what selections read): k-NN (uniform and weighted) and linear probe fit on
+  the training rows after the first `validation_examples`, predicting those. Test
+  (reported, never selected on): k-NN under both protocols, the weighted k-NN and the
+  probe, fit on the training split (the validation images included, as the standard
+  train -> test protocol does).
   """
   validation = config.validation_examples
   limit = lambda x: x[fit_limit(config)]
   num_classes = int(max(train_y.max(), test_y.max())) + 1
+  weighted = lambda fit_x, fit_y, query_x, query_y, k: evaluation.weighted_knn_accuracy(
+      fit_x, fit_y, query_x, query_y, k, config.weighted_knn_temperature)
   metrics = evaluation.knn_report(limit(train_x), limit(train_y), test_x, test_y, config.knn_k)
+  for k in config.weighted_knn_k:
+    metrics[f"weighted_knn{k}"] = weighted(limit(train_x), limit(train_y), test_x, test_y, k)
   metrics["linear_probe"] = evaluation.linear_probe_accuracy(
       limit(train_x), limit(train_y), test_x, test_y, num_classes)
   if validation > 0:
@@ -95,8 +101,21 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
     for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
       metrics["validation_knn" + suffix] = evaluation.knn_accuracy(
           fit_x, fit_y, val_x, val_y, config.knn_k, metric)
+    for k in config.weighted_knn_k:
+      metrics[f"validation_weighted_knn{k}"] = weighted(fit_x, fit_y, val_x, val_y, k)
     metrics["validation_linear_probe"] = evaluation.linear_probe_accuracy(
         fit_x, fit_y, val_x, val_y, num_classes)
+  return metrics
+
+
+def online_probe_metrics(probe_params, train_x, train_y, test_x, test_y, config):
+  """The online probe's accuracy on the test split and the validation split (the first
+  `validation_examples` training rows, which it never trained on)."""
+  metrics = {"online_linear_probe": online_probe.accuracy(probe_params, test_x, test_y)}
+  if config.validation_examples > 0:
+    validation = slice(config.validation_examples)
+    metrics["validation_online_linear_probe"] = online_probe.accuracy(
+        probe_params, train_x[validation], train_y[validation])
   return metrics
 
 
@@ -132,7 +151,8 @@ def raw_pixel_metrics(train, test, config):
   changed protocol or a fixed metric computes its baseline anew.
   """
   settings = (f"k={config.knn_k};validation={config.validation_examples};"
-              f"fit={config.eval_train_examples};code={evaluation_code_version()}")
+              f"fit={config.eval_train_examples};weighted={tuple(config.weighted_knn_k)},"
+              f"{config.weighted_knn_temperature};code={evaluation_code_version()}")
   key = hashlib.sha256((train.fingerprint() + test.fingerprint() + settings).encode())
   name = f"raw_pixels_{config.dataset}_k{config.knn_k}_{key.hexdigest()[:16]}.json"
   path = os.path.join(cache_dir(config), name)
@@ -147,9 +167,10 @@ def raw_pixel_metrics(train, test, config):
 
 
 def restore_variables(workdir):
-  """(step, Flax variables for evaluation) of the latest checkpoint in WORKDIR, as host
-  pytrees: the parameters and BatchNorm's running averages where the model has them
-  (every process calls it: opening and closing Orbax's manager are collectives)."""
+  """(step, Flax variables for evaluation, the online probe's parameters or None) of the
+  latest checkpoint in WORKDIR, as host pytrees: the variables are the parameters and
+  BatchNorm's running averages where the model has them (every process calls it: opening
+  and closing Orbax's manager are collectives)."""
   checkpointer = checkpointing.Checkpointer(workdir)
   step = checkpointer.latest_step()
   if step is None:
@@ -157,9 +178,17 @@ def restore_variables(workdir):
     raise NoCheckpointError(
         f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first with "
         f"python -m cl_jax.train --config CONFIG --workdir {workdir}")
-  variables = train_step.eval_variables(checkpointer.restore_tree(step))
+  tree = checkpointer.restore_tree(step)
   checkpointer.close()
-  return step, variables
+  probe = tree.get(checkpointing.PROBE_KEY)
+  return step, train_step.eval_variables(tree), probe and probe["params"]
+
+
+def random_init_variables(config, model, image_shape):
+  """The Flax variables of the run's model before its first step: the trainer's
+  initialisation from the same seed (`train_step.run_keys`)."""
+  init_key = train_step.run_keys(config.seed)[0]
+  return train_step.initial_variables(model, init_key, image_shape)[0]
 
 
 def plot_tsne(points, labels, path, names=None):
@@ -202,25 +231,42 @@ def plot_series(entries, keys, path, ylabel, title, baseline=None):
   plt.close(fig)
 
 
-# (results.json key, what it is): validation rows first, as selections read those.
-ROWS = (("validation_knn", "validation: k-NN (rest of train -> validation), euclidean"),
-        ("validation_knn_cosine", "validation: k-NN, cosine"),
-        ("validation_linear_probe", "validation: linear probe (rest of train -> validation)"),
-        ("knn_seed", "test: k-NN seed (test 8k -> 2k), euclidean"),
-        ("knn_seed_cosine", "test: k-NN seed, cosine"),
-        ("knn_train_test", "test: k-NN train -> test, euclidean"),
-        ("knn_train_test_cosine", "test: k-NN train -> test, cosine"),
-        ("linear_probe", "test: linear probe train -> test"))
+def result_rows(weighted_knn_k=()):
+  """(results.json key, what it is) of every metric, validation rows first, as selections
+  read those; the weighted k-NN at each of `weighted_knn_k`."""
+  weighted = lambda prefix, place: [
+      (f"{prefix}weighted_knn{k}", f"{place}: weighted k-NN, k = {k}") for k in weighted_knn_k]
+  return (
+      [("validation_knn", "validation: k-NN (rest of train -> validation), euclidean"),
+       ("validation_knn_cosine", "validation: k-NN, cosine"),
+       *weighted("validation_", "validation"),
+       ("validation_linear_probe", "validation: linear probe (rest of train -> validation)"),
+       ("validation_online_linear_probe", "validation: online linear probe"),
+       ("knn_seed", "test: k-NN seed (test 8k -> 2k), euclidean"),
+       ("knn_seed_cosine", "test: k-NN seed, cosine"),
+       ("knn_train_test", "test: k-NN train -> test, euclidean"),
+       ("knn_train_test_cosine", "test: k-NN train -> test, cosine"),
+       *weighted("", "test"),
+       ("linear_probe", "test: linear probe train -> test"),
+       ("online_linear_probe", "test: online linear probe")])
+
+
+# The columns of the results table beside the run's own: (results.json key, header).
+BASELINES = (("random_init", "its random initialisation"), ("raw_pixels", "raw pixels"))
 
 
 def results_table(results):
-  """Markdown table: the model's metrics next to the raw-pixel baseline (the validation rows
-  where the run has a validation split)."""
-  lines = ["| metric | this run | raw pixels |", "| --- | --- | --- |"]
-  for key, name in ROWS:
+  """Markdown table: the model's metrics next to the same encoder at its random
+  initialisation and the raw pixels (the validation rows where the run has a validation
+  split; "-" where a baseline has no such metric: the online probe)."""
+  percent = lambda value: "-" if value is None else f"{100 * value:.2f}%"
+  baselines = [(key, header) for key, header in BASELINES if key in results]
+  lines = ["| metric | this run | " + " | ".join(h for _, h in baselines) + " |",
+           "| --- | --- |" + " --- |" * len(baselines)]
+  for key, name in result_rows(results.get("weighted_knn_k", ())):
     if key in results:
-      lines.append(f"| {name} | {100 * results[key]:.2f}% | "
-                   f"{100 * results['raw_pixels'][key]:.2f}% |")
+      cells = [percent(results[key])] + [percent(results[b].get(key)) for b, _ in baselines]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -238,8 +284,9 @@ def summary(results, workdir, config):
                  f"(k = {results.get('knn_k', config.knn_k)}, encoder features):")
     for key, name in SUMMARY_ROWS:
       if key in results:
-        lines.append(f"  {name}: {100 * results[key]:.2f}% "
-                     f"(raw pixels {100 * results['raw_pixels'][key]:.2f}%)")
+        baselines = ", ".join(f"{header} {100 * results[b][key]:.2f}%"
+                              for b, header in BASELINES if key in results.get(b, {}))
+        lines.append(f"  {name}: {100 * results[key]:.2f}% ({baselines})")
     lines.append(f"report: {os.path.join(workdir, 'report.md')} (tsne.png, loss.png, knn.png "
                  "beside it)")
   else:
@@ -302,7 +349,10 @@ def write_report(workdir, config, results):
   with open(path, "w", encoding="utf-8") as f:
     f.write(f"# {config.method} on {config.dataset}\n\n")
     f.write(f"Checkpoint step {results['eval_step']}, k = {config.knn_k}, evaluated on the "
-            "encoder output (not the projection head). The validation split is the first "
+            "encoder output (not the projection head), beside the same encoder at its random "
+            "initialisation (what training bought) and the raw pixels. The weighted k-NN is "
+            "cosine with votes exp(similarity / "
+            f"{config.weighted_knn_temperature}). The validation split is the first "
             f"{config.validation_examples} training images (canonical order): choose runs and "
             "settings on its rows; the test rows are the report.\n\n")
     f.write(results_table(results) + "\n\n")
@@ -323,17 +373,18 @@ def evaluate_run(config, workdir, progress=True):
   writes while the others wait for it (and raise if it fails). Returns the merged
   results dict (training results plus evaluation keys) on every process.
   """
-  step, variables = restore_variables(workdir)
+  step, variables, probe_params = restore_variables(workdir)
   devices = parallel.local_devices(config)
   results = multihost.on_main_process(
       "evaluation", lambda: _evaluate_on_this_process(config, workdir, step, variables,
-                                                      devices, progress))
+                                                      probe_params, devices, progress))
   if results is None:  # another process: process 0 wrote them
     results = read_json(os.path.join(workdir, "results.json"))
   return results
 
 
-def _evaluate_on_this_process(config, workdir, step, variables, devices, progress):
+def _evaluate_on_this_process(config, workdir, step, variables, probe_params, devices,
+                              progress):
   """The evaluation proper, on this process's `devices` (its share of the run's devices);
   writes results, pictures, report."""
   data_dir = config.data_dir or data.default_data_dir()
@@ -345,13 +396,23 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   # Only the run's own local devices (embed's default is every local device): a mesh over
   # every process's devices would make the forward passes collectives that the waiting
   # processes never enter.
-  embed = functools.partial(evaluation.embed, model, variables,
-                            batch_size=config.eval_batch_size, devices=devices,
-                            progress=progress)
+  embed_with = lambda variables, images: evaluation.embed(
+      model, variables, images, batch_size=config.eval_batch_size, devices=devices,
+      progress=progress)
+  embed = functools.partial(embed_with, variables)
   train_x, train_p = embed(train.images)
   test_x, test_p = embed(test.images)
   results = read_json(os.path.join(workdir, "results.json"))
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
+  if probe_params is not None:
+    results.update(online_probe_metrics(probe_params, train_x, train.labels, test_x,
+                                        test.labels, config))
+  results["weighted_knn_k"] = list(config.weighted_knn_k)
+  # What training bought: the same metrics of the encoder as it started.
+  initial = random_init_variables(config, model, train.images.shape[1:])
+  results["random_init"] = embedding_metrics(embed_with(initial, train.images)[0], train.labels,
+                                             embed_with(initial, test.images)[0], test.labels,
+                                             config)
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
   results["knn_k"] = config.knn_k
@@ -375,10 +436,11 @@ def _evaluate_on_this_process(config, workdir, step, variables, devices, progres
   entries = read_metrics(workdir)
   plot_series(entries, {"loss": "loss"}, os.path.join(workdir, "loss.png"),
               f"{config.method} loss", "training loss")
-  plot_series(entries, {"knn_monitor": "encoder features",
-                        "knn_monitor_projection": "projections"},
+  plot_series(entries, {"knn_monitor": "k-NN, encoder features",
+                        "knn_monitor_projection": "k-NN, projections",
+                        "online_probe_monitor": "online linear probe"},
               os.path.join(workdir, "knn.png"), "accuracy",
-              f"online cosine k-NN (k={config.knn_k}), validation queries",
+              f"online monitor: cosine k-NN (k={config.knn_k}), probe; validation queries",
               baseline=("knn_monitor_raw_pixels", "raw pixels, same subset"))
   write_json(os.path.join(workdir, "results.json"), results)
   write_report(workdir, config, results)

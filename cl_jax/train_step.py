@@ -10,6 +10,7 @@ from flax.training import train_state
 
 from cl_jax import augment
 from cl_jax import methods
+from cl_jax import online_probe
 
 
 def peak_learning_rate(config):
@@ -83,23 +84,43 @@ def create_optimizer(config, steps_per_epoch, schedule_steps):
 
 
 class ContrastiveState(train_state.TrainState):
-  """TrainState plus BatchNorm's running averages and the method's own state."""
+  """TrainState plus BatchNorm's running averages, the method's own state and the online
+  probe's."""
   batch_stats: Any = None  # BatchNorm running averages (None: the model has no BatchNorm).
   method_state: Any = None  # A dict owned by `config.method` (None: the method keeps none).
+  probe: Any = None  # The online linear probe's params and optimizer state (None: no probe).
 
 
-def create_train_state(model, tx, key, image_shape, config=None):
-  """Initialises parameters and BN averages (float32), optimizer state and
-  `config.method`'s own state. `config=None` gives SimCLR's state (no method state)."""
-  (_, embeddings), variables = model.init_with_output(
+def run_keys(seed):
+  """A run's (initialisation, shuffling, augmentation) keys, from its seed alone."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
+def initial_variables(model, key, image_shape):
+  """The Flax variables a run starts from (parameters, and BN averages where the model has
+  BatchNorm; the predictor's too where it has one) and the shapes of what a zero image
+  gives: (variables, (features, loss embeddings))."""
+  outputs, variables = model.init_with_output(
       key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), predict=model.predictor is not None)
+  return variables, jax.tree.map(jnp.shape, outputs)
+
+
+def create_train_state(model, tx, key, image_shape, config=None, num_classes=None):
+  """Initialises parameters and BN averages (float32), optimizer state,
+  `config.method`'s own state and, given `num_classes` and a positive
+  `config.online_probe_learning_rate`, the online probe. `config=None` gives SimCLR's
+  state (no method state, no probe)."""
+  variables, (feature_shape, embedding_shape) = initial_variables(model, key, image_shape)
   params, batch_stats = variables["params"], variables.get("batch_stats")
-  method_state = None
+  method_state = probe = None
   if config is not None:
     method_state = methods.get(config.method).initial_state(
-        config, params, batch_stats, jax.random.fold_in(key, 1), embeddings.shape[-1])
+        config, params, batch_stats, jax.random.fold_in(key, 1), embedding_shape[-1])
+    if num_classes and config.online_probe_learning_rate > 0:
+      probe = online_probe.init(feature_shape[-1], num_classes, config.online_probe_learning_rate)
   return ContrastiveState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 batch_stats=batch_stats, method_state=method_state)
+                                 batch_stats=batch_stats, method_state=method_state,
+                                 probe=probe)
 
 
 def eval_variables(state_or_tree):
@@ -130,7 +151,8 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
     axis_name: the devices' named axis, or None on a single device.
     schedule_steps: the schedule's length (BYOL's momentum schedule).
   Returns:
-    (new state, {"loss", "grad_norm", "param_norm"}), identical on every device.
+    (new state, {"loss", "grad_norm", "param_norm"} and, with the online probe,
+    {"probe_loss", "probe_accuracy"}), identical on every device.
   """
   keys = example_keys(rng, batch["index"])
   view1, view2 = augment.two_views(batch["image"], keys, config.augment)
@@ -149,4 +171,10 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
   # param_norm lets the loop refuse to checkpoint parameters that overflowed.
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(state.params)}
+  if state.probe is not None:  # on this step's features, before the encoder's update
+    labels = jnp.concatenate([batch["label"], batch["label"]])  # views 1, then views 2
+    probe, probe_metrics = online_probe.update(state.probe, aux["features"], labels,
+                                               config.online_probe_learning_rate, axis_name)
+    state = state.replace(probe=probe)
+    metrics.update(probe_metrics)
   return state, metrics

@@ -24,6 +24,7 @@ from cl_jax import methods
 from cl_jax import metric_logging
 from cl_jax import models
 from cl_jax import multihost
+from cl_jax import online_probe
 from cl_jax import parallel
 from cl_jax import train_step as train_step_lib
 
@@ -66,16 +67,22 @@ class KnnMonitor:
                                 self.num_classes)
     return float(np.mean(np.asarray(predictions) == self.query_labels))
 
-  def accuracies(self, variables):
+  def accuracies(self, variables, probe_params=None):
     """{"knn_monitor": on the encoder's features, "knn_monitor_projection": on the
-    projections, "knn_monitor_raw_pixels": on the pixels} for Flax `variables`."""
+    projections, "knn_monitor_raw_pixels": on the pixels} for Flax `variables`, and
+    "online_probe_monitor": the online probe's accuracy (with `probe_params`) on the same
+    queries."""
     embed = functools.partial(evaluation.embed, self.model, variables,
                               batch_size=self.config.eval_batch_size, devices=self.devices)
     bank_features, bank_projections = embed(self.bank_images)
     query_features, query_projections = embed(self.query_images)
-    return {"knn_monitor": self._accuracy(bank_features, query_features),
-            "knn_monitor_projection": self._accuracy(bank_projections, query_projections),
-            "knn_monitor_raw_pixels": self.raw_pixels}
+    accuracies = {"knn_monitor": self._accuracy(bank_features, query_features),
+                  "knn_monitor_projection": self._accuracy(bank_projections, query_projections),
+                  "knn_monitor_raw_pixels": self.raw_pixels}
+    if probe_params is not None:
+      accuracies["online_probe_monitor"] = online_probe.accuracy(probe_params, query_features,
+                                                                 self.query_labels)
+    return accuracies
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -229,19 +236,34 @@ def load_training_data(config, data_dir):
   """(pre-training split, validation split, the rest of the training split) of
   config.dataset: the validation split is the first `validation_examples` training images;
   a method that reads labels pre-trains on the rest only, a label-free one on the whole
-  training split followed by `unlabelled_split`'s images (label -1) if any;
+  training split, the validation split's labels hidden (-1: the online probe must not
+  learn them), followed by `unlabelled_split`'s images (label -1) if any;
   `max_train_examples` then keeps the first that many pre-training images."""
   full = data.load_for(config, "train", data_dir)
   try:
     validation, rest = data.split_validation(full, config.validation_examples)
   except ValueError as e:
     raise config_validation.ConfigError(f"config.{e}") from e
-  train = rest if methods.get(config.method).uses_labels else full
+  if methods.get(config.method).uses_labels:
+    train = rest
+  else:
+    train = data.Split(images=full.images, labels=np.concatenate(
+        [np.full(len(validation), -1, full.labels.dtype), rest.labels]))
   if config.unlabelled_split:
     train = train.concatenate(data.load_for(config, config.unlabelled_split, data_dir))
   if config.max_train_examples >= 0:
     train = train[:config.max_train_examples]
+  if config.online_probe_learning_rate > 0 and not np.any(train.labels >= 0):
+    logger.warning("the online probe has no labelled pre-training image to learn from (the "
+                   "first %d are the validation split's, labels hidden): it stays at chance",
+                   config.validation_examples)
   return train, validation, rest
+
+
+def num_classes(validation, rest):
+  """The classes of the training split's labels (0 .. the largest): the online probe's
+  outputs."""
+  return int(max(validation.labels.max(initial=0), rest.labels.max(initial=0))) + 1
 
 
 def check_resumable(workdir, config):
@@ -346,10 +368,10 @@ def train_and_evaluate(config, workdir):
 
   # Model and state, restored from the latest checkpoint if there is one.
   model = models.create_model(config)
-  init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
+  init_key, shuffle_key, augment_key = train_step_lib.run_keys(config.seed)
   state = train_step_lib.create_train_state(
       model, train_step_lib.create_optimizer(config, steps_per_epoch, schedule_steps), init_key,
-      train.images.shape[1:], config)
+      train.images.shape[1:], config, num_classes=num_classes(validation, rest))
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
@@ -430,7 +452,9 @@ def train_and_evaluate(config, workdir):
         progress.update(count)
         stop = stop_requested(call)
         if monitor and done % monitor_every == 0:
-          knn = monitor.accuracies(train_step_lib.eval_variables(dp.get_state(state)))
+          host_state = dp.get_state(state)
+          knn = monitor.accuracies(train_step_lib.eval_variables(host_state),
+                                   host_state.probe and host_state.probe["params"])
           writer.write(done, {"epoch": done / steps_per_epoch, **knn})
           progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn['knn_monitor']:.4f}")
         if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:

@@ -20,7 +20,8 @@ from cl_jax import config_files
 
 # scripts/ is on sys.path when this runs as a script.
 from reproduce import (REPO_ROOT, absolute_path, aggregate, config_seeds, machine, mean_std,
-                       minutes, run_details, seeds_note, train_or_reuse, write_lines)
+                       minutes, random_init_row, run_details, seeds_note, train_or_reuse,
+                       write_lines)
 
 CONFIGS = config_files.load(os.path.join(REPO_ROOT, "configs", "__init__.py")).METHOD_CONFIGS
 NOTES = {"supcon": "uses the labels: a supervised reference"}
@@ -28,8 +29,14 @@ NOTES = {"supcon": "uses the labels: a supervised reference"}
 
 # The metrics of the table (results.json keys), in its column order: validation first
 # (methods are compared and tuned on it), then test (reported once).
-METRICS = ("validation_knn", "validation_linear_probe", "knn_train_test",
-           "knn_train_test_cosine", "linear_probe", "knn_seed")
+METRICS = {"validation_knn": "validation k-NN",
+           "validation_weighted_knn200": "validation weighted k-NN (k = 200)",
+           "validation_linear_probe": "validation linear probe",
+           "validation_online_linear_probe": "validation online probe",
+           "knn_train_test": "test k-NN train_test",
+           "knn_train_test_cosine": "test k-NN train_test (cosine)",
+           "weighted_knn200": "test weighted k-NN (k = 200)", "linear_probe": "test linear probe",
+           "online_linear_probe": "test online probe", "knn_seed": "test k-NN seed"}
 
 
 def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
@@ -61,10 +68,13 @@ def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
       "",
       seeds_note(num_seeds),
       "",
-      "| method | config | validation k-NN | validation linear probe | test k-NN train_test "
-      "| test k-NN train_test (cosine) | test linear probe | test k-NN seed "
-      "| train time | images/s | wall time (train + eval) |",
-      "| --- " * 11 + "|",
+      "Each method's row is followed by its encoder at its random initialisation (the same",
+      "seeds, no step): what training bought. The weighted k-NN is InstDisc's (cosine, votes",
+      "exp(similarity / 0.1)); the online probe trained beside pre-training.",
+      "",
+      "| method | config | " + " | ".join(METRICS.values())
+      + " | train time | images/s | wall time (train + eval) |",
+      "| --- " * (len(METRICS) + 5) + "|",
       "| raw pixels | - | " + " | ".join(mean_std(aggregate([raw]), key) for key in METRICS)
       + " | - | - | - |",
   ]
@@ -78,6 +88,7 @@ def write_report(path, runs, raw, num_epochs, data_dir, num_seeds, reused=()):
         + f" | {minutes(stats, 'train_seconds')} | "
         f"{mean_std(stats, 'images_per_second', scale=1, unit='', digits=0)} | "
         f"{minutes(stats, 'wall_seconds')} |")
+    lines.append(random_init_row(method, seed_runs, METRICS, leading_cells=1, trailing_cells=3))
   write_lines(path, lines + run_details(ordered))
 
 

@@ -52,10 +52,18 @@ ABLATIONS = {
 
 # The metrics of the tables (results.json keys), in this script's column order: the
 # validation split's first (rows are compared on those), then the test split's.
-VALIDATION_METRICS = ("validation_knn", "validation_knn_cosine", "validation_linear_probe")
-TEST_METRICS = ("knn_seed", "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine",
-                "linear_probe")
-METRICS = VALIDATION_METRICS + TEST_METRICS
+# {key: column header}
+VALIDATION_METRICS = {"validation_knn": "validation k-NN",
+                      "validation_knn_cosine": "validation k-NN (cosine)",
+                      "validation_weighted_knn200": "validation weighted k-NN (k = 200)",
+                      "validation_linear_probe": "validation linear probe",
+                      "validation_online_linear_probe": "validation online probe"}
+TEST_METRICS = {"knn_seed": "test k-NN seed", "knn_seed_cosine": "test k-NN seed (cosine)",
+                "knn_train_test": "test k-NN train_test",
+                "knn_train_test_cosine": "test k-NN train_test (cosine)",
+                "weighted_knn200": "test weighted k-NN (k = 200)",
+                "linear_probe": "test linear probe", "online_linear_probe": "test online probe"}
+METRICS = {**VALIDATION_METRICS, **TEST_METRICS}
 
 
 def config_seeds(config_name, count):
@@ -154,7 +162,10 @@ def aggregate(runs):
 
 
 def mean_std(stats, key, scale=100, unit="%", digits=2):
-  """A table cell from `aggregate`'s stats: "98.71 ± 0.05%"; one run: "98.71%"."""
+  """A table cell from `aggregate`'s stats: "98.71 ± 0.05%"; one run: "98.71%"; "-" where
+  the runs lack the key (raw pixels and random initialisations have no online probe)."""
+  if key not in stats:
+    return "-"
   mean, std = stats[key]
   if std is None:
     return f"{scale * mean:.{digits}f}{unit}"
@@ -211,21 +222,35 @@ def write_report(path, runs, raw, num_seeds, reused=()):
       "",
       seeds_note(num_seeds),
       "",
-      "| what | validation k-NN | validation k-NN (cosine) | validation linear probe | "
-      "test k-NN seed | test k-NN seed (cosine) | test k-NN train_test | "
-      "test k-NN train_test (cosine) | test linear probe | train time | wall time (train + eval) |",
-      "| --- " * 11 + "|",
+      "Each config's row is followed by its encoder at its random initialisation (the same",
+      "seeds, no step): what training bought. The weighted k-NN is InstDisc's (cosine, votes",
+      "exp(similarity / 0.1)); the online probe trained beside pre-training (`cl_jax/online_probe.py`).",
+      "",
+      "| what | " + " | ".join(METRICS.values()) + " | train time | wall time (train + eval) |",
+      "| --- " * (len(METRICS) + 3) + "|",
       f"| raw pixels (same evaluation; cached) | "
       + " | ".join(mean_std(aggregate([raw]), key) for key in METRICS) + " | - | - |",
   ]
   for name, seed, train_test in QUOTED_ROWS:
-    lines.append(f"| {name} (quoted, not re-run) | - | - | - | {seed} | - | {train_test} | - "
-                 "| - | - | - |")
+    cells = {"knn_seed": seed, "knn_train_test": train_test}
+    lines.append(f"| {name} (quoted, not re-run) | "
+                 + " | ".join(cells.get(key, "-") for key in METRICS) + " | - | - |")
   for name, seed_runs in runs.items():
     stats = aggregate(seed_runs)
     lines.append(f"| `{name}` | " + " | ".join(mean_std(stats, key) for key in METRICS)
                  + f" | {minutes(stats, 'train_seconds')} | {minutes(stats, 'wall_seconds')} |")
+    lines.append(random_init_row(f"`{name}`", seed_runs, METRICS, trailing_cells=2))
   write_lines(path, lines + run_details(runs))
+
+
+def random_init_row(name, seed_runs, metrics, leading_cells=0, trailing_cells=0):
+  """The table row of `name`'s encoder at its random initialisation (each seed's own),
+  "-" in the cells before and after the metrics: what training bought is the distance to
+  the row above."""
+  stats = aggregate([r["random_init"] for r in seed_runs])
+  cells = ["-"] * leading_cells + [mean_std(stats, key) for key in metrics] + (
+      ["-"] * trailing_cells)
+  return f"| {name} at its random initialisation | " + " | ".join(cells) + " |"
 
 
 def run_details(runs):

@@ -193,6 +193,6 @@ def test_running_averages_are_checkpointed_and_resumed(mnist_data_dir, tmp_path)
   # The averages moved from their initial values (0 and 1) during training.
   assert np.max(np.abs(trees[0]["batch_stats"]["encoder"]["BatchNorm_0"]["mean"])) > 1e-3
   from cl_jax import evaluator  # pylint: disable=g-import-not-at-top
-  step, variables = evaluator.restore_variables(str(tmp_path / "whole"))
+  step, variables, _ = evaluator.restore_variables(str(tmp_path / "whole"))
   assert step == 16
   jax.tree.map(np.testing.assert_array_equal, variables["batch_stats"], trees[0]["batch_stats"])

@@ -144,3 +144,59 @@ def test_embed_on_devices_matches_direct_forward_pass():
   assert features.shape == (37, 128) and isinstance(features, np.ndarray)
   np.testing.assert_allclose(features, expected_f, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(projections, expected_p, rtol=1e-5, atol=1e-6)
+
+
+def weighted_knn_reference(fit_x, fit_y, query_x, k, temperature):
+  """float64 NumPy transcription of InstDisc's weighted k-NN: the k most cosine-similar fit
+  rows (stable: ties to the lower index) vote exp(similarity / T) for their label; vote ties
+  to the smallest label. Zero rows have similarity 0 to everything."""
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  similarity = unit(query_x.astype(np.float64)) @ unit(fit_x.astype(np.float64)).T
+  predictions = []
+  for row in similarity:
+    neighbours = np.argsort(-row, kind="stable")[:k]
+    votes = np.zeros(fit_y.max() + 1)
+    np.add.at(votes, fit_y[neighbours], np.exp(row[neighbours] / temperature))
+    predictions.append(np.argmax(votes))
+  return np.array(predictions)
+
+
+@pytest.mark.parametrize("k,temperature", [(1, 0.1), (20, 0.1), (200, 0.1), (200, 0.07)])
+def test_weighted_knn_matches_sklearn_and_a_numpy_reference(k, temperature):
+  fit_x, fit_y = clustered_data(1500, 8, 10, seed=k, spread=0.6)
+  query_x, query_y = clustered_data(333, 8, 10, seed=70 + k, spread=0.6)
+  expected = weighted_knn_reference(fit_x, fit_y, query_x, k, temperature)
+  # scikit-learn: euclidean on unit rows, so similarity = 1 - d^2 / 2; its weights callable.
+  weights = lambda d: np.exp((1 - d ** 2 / 2) / temperature)
+  sklearn = KNeighborsClassifier(n_neighbors=k, algorithm="brute", weights=weights).fit(
+      evaluation.normalize_rows(fit_x.astype(np.float64)), fit_y).predict(
+          evaluation.normalize_rows(query_x.astype(np.float64)))
+  np.testing.assert_array_equal(expected, sklearn)
+  scores = evaluation.weighted_knn_scores(jnp.asarray(fit_x), jnp.asarray(fit_y),
+                                          jnp.asarray(query_x), k, temperature, 10)
+  np.testing.assert_array_equal(np.argmax(np.asarray(scores), axis=1), expected)
+  # The chunked accuracy (chunks of 100: the last one padded) counts the same predictions.
+  got = evaluation.weighted_knn_accuracy(fit_x, fit_y, query_x, query_y, k, temperature,
+                                         chunk=100)
+  assert got == pytest.approx(np.mean(expected == query_y), abs=1e-12)
+  assert 0.3 < got < 0.95  # a problem where the neighbours disagree
+
+
+def test_weighted_knn_weights_the_votes_and_takes_tied_neighbours_by_index():
+  # One very similar neighbour of class 2 against two less similar of class 0: uniform
+  # votes (k = 3) say 0, votes exp(s / 0.1) say 2 (e^10 against 2 e^6.0).
+  fit_x = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8], [-1.0, 0.0]], np.float32)
+  fit_y = np.array([2, 0, 0, 1])
+  query = np.array([[1.0, 0.0]], np.float32)
+  scores = evaluation.weighted_knn_scores(fit_x, jnp.asarray(fit_y), query, 3, 0.1, 3)
+  assert int(np.argmax(scores[0])) == 2 == weighted_knn_reference(fit_x, fit_y, query, 3, 0.1)[0]
+  assert int(evaluation.knn_predict_cosine(fit_x, jnp.asarray(fit_y), query, 3, 3)[0]) == 0
+  # A zero query (a dead-ReLU feature vector) is equally similar (0) to every row: its k
+  # neighbours are the first k rows, in NumPy's stable order too; duplicated rows tie.
+  fit_x = np.repeat(np.eye(3, dtype=np.float32), 2, axis=0)  # rows 0 = 1, 2 = 3, 4 = 5
+  fit_y = np.array([4, 1, 3, 3, 0, 0])
+  queries = np.array([[0, 0, 0], [1, 0, 0]], np.float32)
+  for k in (1, 2, 3):
+    got = np.argmax(np.asarray(evaluation.weighted_knn_scores(
+        fit_x, jnp.asarray(fit_y), queries, k, 0.1, 5)), axis=1)
+    np.testing.assert_array_equal(got, weighted_knn_reference(fit_x, fit_y, queries, k, 0.1))

@@ -43,6 +43,9 @@ def short_config(data_dir, cache):
 def test_train_then_evaluate_writes_everything(mnist_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = short_config(mnist_data_dir, str(tmp_path / "cache"))
+  # The 2,048 pre-training images start with the validation split's, whose labels the
+  # online probe never sees: half of them are its.
+  config.validation_examples = 1024
   results = trainer.train_and_evaluate(config, workdir)
   for name in ("results.json", "report.md", "tsne.png", "loss.png", "knn.png", "config.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
@@ -58,6 +61,19 @@ def test_train_then_evaluate_writes_everything(mnist_data_dir, tmp_path):
   assert "| validation: k-NN (rest of train -> validation), euclidean |" in report
   for key in ("validation_knn", "validation_knn_cosine", "validation_linear_probe"):
     assert 0.5 < results[key] <= 1.0 and 0.8 < results["raw_pixels"][key] <= 1.0, key
+  # The field's protocols and what training bought: the weighted k-NN, the online probe
+  # (trained on 32 steps of batches; seen here ~0.8), the random initialisation's row.
+  for key in ("weighted_knn200", "weighted_knn20", "validation_weighted_knn200",
+              "validation_weighted_knn20", "online_linear_probe",
+              "validation_online_linear_probe"):
+    assert 0.5 < results[key] <= 1.0, key
+  assert set(results["random_init"]) == set(results["raw_pixels"])
+  assert "| metric | this run | its random initialisation | raw pixels |" in report
+  assert "| test: weighted k-NN, k = 200 |" in report
+  assert "| test: online linear probe |" in report
+  assert all("online_probe_monitor" in m for m in monitor)
+  logged = [m for m in evaluator.read_metrics(workdir) if "probe_loss" in m]
+  assert logged and logged[-1]["probe_loss"] < np.log(10)  # it learns: below chance
 
   # The command recomputes the same numbers from the checkpoint (deterministic).
   os.remove(os.path.join(workdir, "tsne.png"))
@@ -70,6 +86,28 @@ def test_train_then_evaluate_writes_everything(mnist_data_dir, tmp_path):
   for key in ("knn_seed", "knn_train_test", "knn_train_test_cosine", "validation_knn"):
     assert again[key] == results[key], key
   assert os.path.exists(os.path.join(workdir, "tsne.png"))
+
+
+@pytest.mark.slow
+def test_the_random_initialisation_row_is_the_runs_own_start(mnist_data_dir, tmp_path):
+  """A run whose one step cannot move its parameters (learning rate 1e-30: below float32's
+  resolution of every weight) evaluates exactly as its random-initialisation row: the row
+  is the trainer's initialisation from the same seed, not another draw."""
+  config = short_config(mnist_data_dir, str(tmp_path / "cache"))
+  config.learning_rate = 1e-30
+  config.max_steps = 1
+  config.seed = 3
+  config.eval_every_epochs = 0
+  config.validation_examples = 1000
+  config.eval_train_examples = 1000
+  config.weighted_knn_k = (20,)
+  config.tsne_points = 100
+  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  for key, value in results["random_init"].items():
+    assert results[key] == value, key
+  config.seed = 4  # another initialisation evaluates differently
+  other = trainer.train_and_evaluate(config, str(tmp_path / "other"))
+  assert other["random_init"] != results["random_init"]
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path):

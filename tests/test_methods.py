@@ -15,6 +15,7 @@ from cl_jax import augment
 from cl_jax import checkpointing
 from cl_jax import data
 from cl_jax import evaluation
+from cl_jax import evaluator
 from cl_jax import losses
 from cl_jax import methods
 from cl_jax.methods import moco
@@ -439,8 +440,9 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   tree = checkpointing.Checkpointer(workdir).restore(32, None)
   assert ("momentum_params" in tree) == (method in ("moco", "byol"))
   assert ("queue" in tree) == (method == "moco")
+  assert set(tree["online_probe"]) == {"params", "opt_state"}  # every method trains one
   if method == "moco":
-    # Stopped at 16 and resumed: the queue and key network come back bit for bit.
+    # Stopped at 16 and resumed: the queue, key network and probe come back bit for bit.
     resumed_dir = str(tmp_path / "resumed")
     trainer.train_and_evaluate(quick_config(mnist_data_dir, **{**overrides, "max_steps": 16}),
                                resumed_dir)
@@ -448,7 +450,7 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
     assert resumed["resumed_from_step"] == 16
     assert resumed["params_sha256"] == results["params_sha256"]
     again = checkpointing.Checkpointer(resumed_dir).restore(32, None)
-    for name in ("queue", "queue_next", "momentum_params"):
+    for name in ("queue", "queue_next", "momentum_params", "online_probe"):
       jax.tree.map(np.testing.assert_array_equal, again[name], tree[name])
 
 
@@ -487,11 +489,7 @@ def test_short_run_beats_its_random_initialisation(mnist_data_dir, tmp_path, met
   workdir = str(tmp_path / method)
   trainer.train_and_evaluate(config, workdir)
   trained = train_step_lib.eval_variables(checkpointing.Checkpointer(workdir).restore_tree(steps))
-  init_key = jax.random.split(jax.random.key(config.seed), 3)[0]  # as the trainer draws it
-  initial = train_step_lib.create_train_state(models.create_model(config),
-                                              train_step_lib.create_optimizer(config, 1, steps),
-                                              init_key, (28, 28, 1), config)
-  initial = train_step_lib.eval_variables(initial)
+  initial = evaluator.random_init_variables(config, models.create_model(config), (28, 28, 1))
   train = data.load_split("mnist", "train", mnist_data_dir, 4000)
   test = data.load_split("mnist", "test", mnist_data_dir, 1000)
   before = encoder_knn(config, initial, train, test)

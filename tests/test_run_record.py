@@ -228,3 +228,6 @@ def test_supcon_pretrains_without_the_validation_labels(mnist_data_dir):
   assert len(rest) == len(full) - 1000
   train, _, _ = trainer.load_training_data(simclr, mnist_data_dir)
   np.testing.assert_array_equal(train.images, full.images)
+  # ... without the validation split's labels, which the online probe would learn.
+  np.testing.assert_array_equal(train.labels[:1000], -1)
+  np.testing.assert_array_equal(train.labels[1000:], full.labels[1000:])

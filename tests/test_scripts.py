@@ -15,8 +15,12 @@ from configs import mnist, mnist_byol, mnist_seed
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
 # reproduce.py's columns, in order: validation first, then test.
-METRICS = ("validation_knn", "validation_knn_cosine", "validation_linear_probe", "knn_seed",
-           "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine", "linear_probe")
+METRICS = ("validation_knn", "validation_knn_cosine", "validation_weighted_knn200",
+           "validation_linear_probe", "validation_online_linear_probe", "knn_seed",
+           "knn_seed_cosine", "knn_train_test", "knn_train_test_cosine", "weighted_knn200",
+           "linear_probe", "online_linear_probe")
+ONLINE = ("validation_online_linear_probe", "online_linear_probe")  # none for the baselines
+LAST = 1 + len(METRICS)  # a row's cells after its name: the metrics, then the times
 
 
 def trained_config_json(command):
@@ -46,7 +50,9 @@ def made_up_results(workdir, seed):
   results.update(train_seconds=float(rng.uniform(500, 700)),
                  images_per_second=float(rng.uniform(600, 800)), steps=100, epochs=5.0,
                  num_devices=1, final_loss=float(rng.uniform(3, 4)), params_sha256="ab" * 32,
-                 raw_pixels={key: 0.95 for key in METRICS})
+                 raw_pixels={key: 0.95 for key in METRICS if key not in ONLINE},
+                 random_init={key: float(rng.uniform(0.8, 0.9)) for key in METRICS
+                              if key not in ONLINE})
   return results
 
 
@@ -131,11 +137,17 @@ def test_reproduce_trains_each_seed_and_tables_mean_and_std(scripts, tmp_path, m
         [f"--config.seed={s}"] for s in seeds]
     runs = [made_up_results(d, s) for d, s in zip(dirs, seeds)]
     row = row_of(report, f"| `{name}` |")
-    assert row[1:9] == [cell([r[key] for r in runs]) for key in METRICS]
-    assert row[9] == cell([r["train_seconds"] for r in runs], 1 / 60, " min", 1)
+    assert row[1:LAST] == [cell([r[key] for r in runs]) for key in METRICS]
+    assert row[LAST] == cell([r["train_seconds"] for r in runs], 1 / 60, " min", 1)
+    # What training bought: the row below is each seed's own random initialisation.
+    initial = row_of(report, f"| `{name}` at its random initialisation |")
+    assert initial[1:LAST] == [
+        "-" if key in ONLINE else cell([r["random_init"][key] for r in runs]) for key in METRICS]
+    assert initial[LAST:] == ["-", "-"]
     for s in seeds:
       assert f"- `{name}`, seed {s}: `python -m cl_jax.train --config configs/{name}.py" in report
-  assert row_of(report, "| raw pixels")[1:9] == ["95.00%"] * 8
+  assert row_of(report, "| raw pixels")[1:LAST] == [
+      "-" if key in ONLINE else "95.00%" for key in METRICS]
 
 
 def test_reproduce_ablations_by_name(scripts, tmp_path, monkeypatch):
@@ -166,7 +178,8 @@ def test_reproduce_with_one_seed_shows_single_values(scripts, tmp_path, monkeypa
   report = out.read_text(encoding="utf-8")
   seed = mnist_seed.get_config().seed
   results = made_up_results(str(workdir / "mnist_seed" / f"seed{seed}"), seed)
-  assert row_of(report, "| `mnist_seed` |")[1:9] == [f"{100 * results[k]:.2f}%" for k in METRICS]
+  assert row_of(report, "| `mnist_seed` |")[1:LAST] == [
+      f"{100 * results[k]:.2f}%" for k in METRICS]
   assert "N = 1: one seed per row" in report and "±" not in report
 
 
@@ -181,14 +194,18 @@ def test_compare_methods_over_seeds_and_reuse(scripts, tmp_path, monkeypatch):
   assert all("--config.num_epochs=3" in c for c in reproduce.commands)
   first = out.read_text(encoding="utf-8")
   assert "N = 2 seeds per row" in first and "--seeds 2" in first
-  columns = ("validation_knn", "validation_linear_probe", "knn_train_test",
-             "knn_train_test_cosine", "linear_probe", "knn_seed")
+  columns = ("validation_knn", "validation_weighted_knn200", "validation_linear_probe",
+             "validation_online_linear_probe", "knn_train_test", "knn_train_test_cosine",
+             "weighted_knn200", "linear_probe", "online_linear_probe", "knn_seed")
   for method, config in (("simclr", mnist), ("byol", mnist_byol)):
     seeds = [config.get_config().seed + i for i in range(2)]
     runs = [made_up_results(str(workdir / method / f"seed{s}"), s) for s in seeds]
     row = row_of(first, f"| {method} |")
-    assert row[2:8] == [cell([r[key] for r in runs]) for key in columns]
-    assert row[9] == cell([r["images_per_second"] for r in runs], 1, "", 0)
+    assert row[2:12] == [cell([r[key] for r in runs]) for key in columns]
+    assert row[13] == cell([r["images_per_second"] for r in runs], 1, "", 0)
+    initial = row_of(first, f"| {method} at its random initialisation |")
+    assert initial[1:12] == ["-"] + [
+        "-" if key in ONLINE else cell([r["random_init"][key] for r in runs]) for key in columns]
 
   # Every run is reused: nothing trains, the same rows come back, each run listed.
   monkeypatch.setattr(sys, "argv", argv + ["--reuse"])

@@ -38,7 +38,8 @@ class Method:
   def loss(self, params, state, view1, view2, batch, config, axis_name):
     """This device's loss, differentiated with respect to `params` only. Returns (loss, aux):
     aux["batch_stats"] is the online network's updated BatchNorm averages (None without
-    BN); other aux keys are the method's own, read by `after_step`."""
+    BN) and aux["features"] its encoder's features of both views (`forward_views`'s, read
+    by the online probe); other aux keys are the method's own, read by `after_step`."""
     raise NotImplementedError
 
   def after_step(self, state, step, aux, config, schedule_steps, axis_name):
@@ -49,20 +50,21 @@ class Method:
 
 def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=False):
   """Both views through the network in one training-mode pass; returns (outputs of view 1,
-  of view 2, updated BatchNorm averages or None). With BN, the statistics are over both
+  of view 2, updated BatchNorm averages or None, the encoder's features of views 1 then 2
+  as constants: what the online probe trains on). With BN, the statistics are over both
   views of the global batch (all devices of `axis_name`), as SimCLR's global BN."""
   images = jnp.concatenate([view1, view2])
   if batch_stats is None:
-    _, outputs = state.apply_fn({"params": params}, images, predict=predict, train=True,
-                                axis_name=axis_name)
+    features, outputs = state.apply_fn({"params": params}, images, predict=predict,
+                                       train=True, axis_name=axis_name)
     new_stats = None
   else:
-    (_, outputs), updates = state.apply_fn(
+    (features, outputs), updates = state.apply_fn(
         {"params": params, "batch_stats": batch_stats}, images, predict=predict, train=True,
         axis_name=axis_name, mutable=["batch_stats"])
     new_stats = updates["batch_stats"]
   out1, out2 = jnp.split(outputs, 2)
-  return out1, out2, new_stats
+  return out1, out2, new_stats, jax.lax.stop_gradient(features)
 
 
 class PairwiseMethod(Method):
@@ -72,9 +74,10 @@ class PairwiseMethod(Method):
     raise NotImplementedError
 
   def loss(self, params, state, view1, view2, batch, config, axis_name):
-    z1, z2, batch_stats = forward_views(state, params, state.batch_stats, view1, view2,
-                                        axis_name)
-    return self.pairwise(z1, z2, batch, config, axis_name), {"batch_stats": batch_stats}
+    z1, z2, batch_stats, features = forward_views(state, params, state.batch_stats, view1,
+                                                  view2, axis_name)
+    return self.pairwise(z1, z2, batch, config, axis_name), {"batch_stats": batch_stats,
+                                                             "features": features}
 
 
 class MomentumMethod(Method):
@@ -102,8 +105,8 @@ class MomentumMethod(Method):
     """The momentum network's outputs for both views (constants of the step) and its
     updated BatchNorm averages (None without BN)."""
     m = state.method_state
-    out1, out2, stats = forward_views(state, m["momentum_params"], m.get("momentum_batch_stats"),
-                                      view1, view2, axis_name)
+    out1, out2, stats, _ = forward_views(state, m["momentum_params"],
+                                         m.get("momentum_batch_stats"), view1, view2, axis_name)
     return jax.lax.stop_gradient(out1), jax.lax.stop_gradient(out2), stats
 
   def after_step(self, state, step, aux, config, schedule_steps, axis_name):

@@ -21,8 +21,9 @@ class BYOL(base.MomentumMethod):
 
   def loss(self, params, state, view1, view2, batch, config, axis_name):
     del batch, config
-    p1, p2, batch_stats = base.forward_views(state, params, state.batch_stats, view1, view2,
-                                             axis_name, predict=True)
+    p1, p2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
+                                                       view2, axis_name, predict=True)
     t1, t2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)
     value = losses.byol_regression(p1, t2) + losses.byol_regression(p2, t1)
-    return value, {"batch_stats": batch_stats, "momentum_batch_stats": momentum_stats}
+    return value, {"batch_stats": batch_stats, "momentum_batch_stats": momentum_stats,
+                   "features": features}

@@ -35,13 +35,14 @@ class MoCo(base.MomentumMethod):
 
   def loss(self, params, state, view1, view2, batch, config, axis_name):
     del batch
-    z1, z2, batch_stats = base.forward_views(state, params, state.batch_stats, view1, view2,
-                                             axis_name)
+    z1, z2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
+                                                       view2, axis_name)
     k1, k2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)
     queue = state.method_state["queue"]
     value = 0.5 * (losses.queue_infonce(z1, k2, queue, config.temperature) +
                    losses.queue_infonce(z2, k1, queue, config.temperature))
     return value, {"batch_stats": batch_stats, "momentum_batch_stats": momentum_stats,
+                   "features": features,
                    "keys": losses.l2_normalize(jnp.concatenate([k1, k2]))}
 
   def after_step(self, state, step, aux, config, schedule_steps, axis_name):
