@@ -112,6 +112,11 @@ class OnDeviceTraining:
   no Python dispatch or host sync between them), or with `steps_per_call=1` one
   jitted step. Nothing depends on earlier calls but the cached permutation, so
   any step can be run first (resuming).
+
+  The loop's trip count is static (one program per count), as a while loop whose
+  count is traced makes the GPU copy its predicate to the host and wait at every
+  iteration; `steps_this_call` keeps the counts few: `steps_per_call` and powers of
+  two below it.
   """
 
   def __init__(self, config, devices, images, labels, schedule_steps, steps_per_call=1):
@@ -129,7 +134,7 @@ class OnDeviceTraining:
     self._run = None  # the on-device loop, for shard_map with several steps a call
     if self.dp.mode == "shard_map" and steps_per_call > 1:
       replicated = self.dp.replicated_sharding()
-      self._run = jax.jit(self._run_steps, donate_argnums=0,
+      self._run = jax.jit(self._run_steps, donate_argnums=0, static_argnums=4,
                           out_shardings=(replicated, replicated))
     self._epoch = self._permutation = None
 
@@ -140,15 +145,14 @@ class OnDeviceTraining:
             "index": index.astype(jnp.int32)}
 
   def _run_steps(self, state, data, permutation, first_step, count, augment_key):
-    """`count` (<= steps_per_call, traced) steps from `first_step`; metrics [steps_per_call]
-    (NaN past `count`)."""
+    """`count` (a Python int: the loop's trip count is static) steps from `first_step`;
+    metrics [count]."""
     def one_step(state, step):
       batch = jax.lax.with_sharding_constraint(self._batch(data, permutation, step),
                                                self.dp.batch_sharding())
       return self.dp.mapped_step(state, batch, jax.random.fold_in(augment_key, step))
     shapes = jax.eval_shape(one_step, state, first_step)[1]
-    buffers = jax.tree.map(lambda m: jnp.full((self.steps_per_call,) + m.shape, jnp.nan, m.dtype),
-                           shapes)
+    buffers = jax.tree.map(lambda m: jnp.zeros((count,) + m.shape, m.dtype), shapes)
 
     def body(i, carry):
       state, buffers = carry
@@ -157,24 +161,28 @@ class OnDeviceTraining:
     return jax.lax.fori_loop(0, count, body, (state, buffers))
 
   def steps_this_call(self, step, end, boundaries):
-    """How many steps the call starting at `step` runs: up to `steps_per_call`, stopping at
-    `end`, at the epoch's end and at the next multiple of each of `boundaries`."""
+    """How many steps the call starting at `step` runs: `steps_per_call`, or fewer where the
+    call would pass `end`, the epoch's end or the next multiple of one of `boundaries`:
+    then the largest power of two that stops short of all of them (the rest follows in
+    later calls), so that at most 1 + log2(steps_per_call) loop programs are compiled."""
     stop = min(end, step + self.steps_per_call)
     for every in (self.steps_per_epoch, *boundaries):
       stop = min(stop, (step // every + 1) * every)
-    return stop - step
+    count = stop - step
+    if count < self.steps_per_call:
+      count = 1 << (count.bit_length() - 1)
+    return count
 
   def run(self, state, step, count, shuffle_key, augment_key):
     """Runs global steps step .. step + count - 1 (one epoch) on device-resident `state`;
-    returns (state, metrics with a leading axis of at least `count`)."""
+    returns (state, metrics with a leading axis of `count`)."""
     epoch = step // self.steps_per_epoch
     assert 0 < count <= self.steps_per_call and (step + count - 1) // self.steps_per_epoch == epoch
     if epoch != self._epoch:
       self._epoch = epoch
       self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
     if self._run is not None:
-      return self._run(state, self.data, self._permutation, np.int32(step), np.int32(count),
-                       augment_key)
+      return self._run(state, self.data, self._permutation, np.int32(step), count, augment_key)
     # One dispatch per step: pmap (maintenance mode in JAX), and one step per call.
     every = []
     for s in range(step, step + count):
@@ -415,11 +423,26 @@ def train_and_evaluate(config, workdir):
   writer = metric_logging.MetricWriter(workdir, start_step)
   progress = tqdm(total=total_steps, initial=start_step, disable=not (config.progress_bar and is_main),
                   unit="step", dynamic_ncols=True)
-  loss = float("nan")
-  first_call_end = last_log_time = time.perf_counter()
+  first_call_end = time.perf_counter()
   train_start = time.perf_counter()
-  first_call_steps, last_log_step = 0, start_step
-  previous = None  # (first step, count, metrics) of the last call, checked once the next is queued
+  first_call_steps = 0
+  # The last logged loss, and when and at which step the last log line was written.
+  log = {"loss": float("nan"), "time": time.perf_counter(), "step": start_step}
+  pending = None  # (first step, count, metrics) of a call not read yet
+
+  def finish(first_step, count, metrics):
+    """Reads a call's metrics (waiting for it): writes its log line where it ends at a log
+    step, then refuses non-finite values."""
+    done = first_step + count
+    if done % config.log_every_steps == 0 or done == total_steps:
+      last = {k: float(v[count - 1]) for k, v in jax.device_get(metrics).items()}
+      now = time.perf_counter()
+      images_per_second = (done - log["step"]) * config.batch_size / (now - log["time"])
+      log.update(loss=last["loss"], time=now, step=done)
+      writer.write(done, {**last, "epoch": done / steps_per_epoch,
+                          "images_per_second": images_per_second})
+      progress.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{images_per_second:.0f}")
+    check_finite(first_step, count, metrics)
 
   def save(step):
     checkpointer.save(step, checkpointing.state_to_tree(
@@ -433,38 +456,33 @@ def train_and_evaluate(config, workdir):
       while step < total_steps:
         count = training.steps_this_call(step, total_steps, boundaries)
         state, metrics = training.run(state, step, count, shuffle_key, augment_key)
-        if previous:
-          check_finite(*previous)  # the call before this one: no pipeline stall
-        previous = (step, count, metrics)
+        if pending:  # the call before this one, read while this one runs: no stall
+          finish(*pending)
+        pending = (step, count, metrics)
         done = step + count
         if call == 0:
           jax.block_until_ready(metrics)
           first_call_end, first_call_steps = time.perf_counter(), count
-        if done % config.log_every_steps == 0 or done == total_steps:
-          last = {k: float(v[count - 1]) for k, v in jax.device_get(metrics).items()}
-          loss = last["loss"]
-          now = time.perf_counter()
-          images_per_second = (done - last_log_step) * config.batch_size / (now - last_log_time)
-          last_log_time, last_log_step = now, done
-          writer.write(done, {**last, "epoch": done / steps_per_epoch,
-                              "images_per_second": images_per_second})
-          progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
         progress.update(count)
         stop = stop_requested(call)
-        if monitor and done % monitor_every == 0:
+        is_monitored = monitor and done % monitor_every == 0
+        is_saved = done % config.checkpoint_every_steps == 0 or done == total_steps or stop
+        if is_monitored or is_saved:  # the host waits for this call anyway
+          finish(*pending)  # never checkpoint a broken state
+          pending = None
+        if is_monitored:
           host_state = dp.get_state(state)
           knn = monitor.accuracies(train_step_lib.eval_variables(host_state),
                                    host_state.probe and host_state.probe["params"])
           writer.write(done, {"epoch": done / steps_per_epoch, **knn})
-          progress.set_postfix(loss=f"{loss:.4f}", knn=f"{knn['knn_monitor']:.4f}")
-        if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:
-          check_finite(*previous)  # never checkpoint a broken state
+          progress.set_postfix(loss=f"{log['loss']:.4f}", knn=f"{knn['knn_monitor']:.4f}")
+        if is_saved:
           save(done)
         if stop:
           raise Preempted(stop, done)
         step, call = done, call + 1
-      if previous:
-        check_finite(*previous)
+      if pending:
+        finish(*pending)
       jax.block_until_ready(state)
       loop_end = time.perf_counter()
   finally:
@@ -478,7 +496,7 @@ def train_and_evaluate(config, workdir):
   steady_steps = total_steps - start_step - first_call_steps
   steady_seconds = loop_end - first_call_end
   results = {
-      "final_loss": loss,
+      "final_loss": log["loss"],
       "steps": total_steps,
       "schedule_steps": schedule_steps,
       "epochs": total_steps / steps_per_epoch,
