@@ -104,7 +104,9 @@ def weighted_knn_scores(bank, bank_labels, queries, k, temperature, num_classes)
   similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
                           precision=losses.HIGHEST)
   top, neighbours = jax.lax.top_k(similarity, k)
-  weights = jnp.exp(top / temperature)
+  # exp((s - 1) / T): exp(s / T) times one constant, which votes the same and cannot
+  # overflow (float32's exp(s / T) does for T below 0.0113).
+  weights = jnp.exp((top - 1.0) / temperature)
   return (jax.nn.one_hot(bank_labels[neighbours], num_classes) * weights[..., None]).sum(axis=1)
 
 

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 
@@ -88,11 +89,20 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
   validation = config.validation_examples
   limit = lambda x: x[fit_limit(config)]
   num_classes = int(max(train_y.max(), test_y.max())) + 1
-  weighted = lambda fit_x, fit_y, query_x, query_y, k: evaluation.weighted_knn_accuracy(
-      fit_x, fit_y, query_x, query_y, k, config.weighted_knn_temperature)
+
+  def weighted(name, fit_x, fit_y, query_x, query_y):
+    """The weighted k-NN at each of config.weighted_knn_k as metrics[name + str(k)], but
+    for a k above the fit set's size (a small dataset): left out, with a warning."""
+    for k in config.weighted_knn_k:
+      if k > len(fit_x):
+        logging.warning("%s%d left out: k is larger than the %d images it would fit on",
+                        name, k, len(fit_x))
+        continue
+      metrics[f"{name}{k}"] = evaluation.weighted_knn_accuracy(
+          fit_x, fit_y, query_x, query_y, k, config.weighted_knn_temperature)
+
   metrics = evaluation.knn_report(limit(train_x), limit(train_y), test_x, test_y, config.knn_k)
-  for k in config.weighted_knn_k:
-    metrics[f"weighted_knn{k}"] = weighted(limit(train_x), limit(train_y), test_x, test_y, k)
+  weighted("weighted_knn", limit(train_x), limit(train_y), test_x, test_y)
   metrics["linear_probe"] = evaluation.linear_probe_accuracy(
       limit(train_x), limit(train_y), test_x, test_y, num_classes)
   if validation > 0:
@@ -101,21 +111,22 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
     for suffix, metric in (("", "euclidean"), ("_cosine", "cosine")):
       metrics["validation_knn" + suffix] = evaluation.knn_accuracy(
           fit_x, fit_y, val_x, val_y, config.knn_k, metric)
-    for k in config.weighted_knn_k:
-      metrics[f"validation_weighted_knn{k}"] = weighted(fit_x, fit_y, val_x, val_y, k)
+    weighted("validation_weighted_knn", fit_x, fit_y, val_x, val_y)
     metrics["validation_linear_probe"] = evaluation.linear_probe_accuracy(
         fit_x, fit_y, val_x, val_y, num_classes)
   return metrics
 
 
-def online_probe_metrics(probe_params, train_x, train_y, test_x, test_y, config):
-  """The online probe's accuracy on the test split and the validation split (the first
-  `validation_examples` training rows, which it never trained on)."""
-  metrics = {"online_linear_probe": online_probe.accuracy(probe_params, test_x, test_y)}
+def online_probe_metrics(probe, train_x, train_y, test_x, test_y, config):
+  """The online probe's (its checkpointed state's) accuracy on the test split and the
+  validation split (the first `validation_examples` training rows, which it never trained
+  on), and the step it started training at."""
+  metrics = {"online_linear_probe": online_probe.accuracy(probe["params"], test_x, test_y),
+             "online_probe_start_step": int(probe["start_step"])}
   if config.validation_examples > 0:
     validation = slice(config.validation_examples)
     metrics["validation_online_linear_probe"] = online_probe.accuracy(
-        probe_params, train_x[validation], train_y[validation])
+        probe["params"], train_x[validation], train_y[validation])
   return metrics
 
 
@@ -167,7 +178,7 @@ def raw_pixel_metrics(train, test, config):
 
 
 def restore_variables(workdir):
-  """(step, Flax variables for evaluation, the online probe's parameters or None) of the
+  """(step, Flax variables for evaluation, the online probe's state or None) of the
   latest checkpoint in WORKDIR, as host pytrees: the variables are the parameters and
   BatchNorm's running averages where the model has them (every process calls it: opening
   and closing Orbax's manager are collectives)."""
@@ -180,8 +191,7 @@ def restore_variables(workdir):
         f"python -m cl_jax.train --config CONFIG --workdir {workdir}")
   tree = checkpointer.restore_tree(step)
   checkpointer.close()
-  probe = tree.get(checkpointing.PROBE_KEY)
-  return step, train_step.eval_variables(tree), probe and probe["params"]
+  return step, train_step.eval_variables(tree), tree.get(checkpointing.PROBE_KEY)
 
 
 def random_init_variables(config, model, image_shape):
@@ -285,7 +295,7 @@ def summary(results, workdir, config):
     for key, name in SUMMARY_ROWS:
       if key in results:
         baselines = ", ".join(f"{header} {100 * results[b][key]:.2f}%"
-                              for b, header in BASELINES if key in results.get(b, {}))
+                              for b, header in reversed(BASELINES) if key in results.get(b, {}))
         lines.append(f"  {name}: {100 * results[key]:.2f}% ({baselines})")
     lines.append(f"report: {os.path.join(workdir, 'report.md')} (tsne.png, loss.png, knn.png "
                  "beside it)")
@@ -373,17 +383,17 @@ def evaluate_run(config, workdir, progress=True):
   writes while the others wait for it (and raise if it fails). Returns the merged
   results dict (training results plus evaluation keys) on every process.
   """
-  step, variables, probe_params = restore_variables(workdir)
+  step, variables, probe = restore_variables(workdir)
   devices = parallel.local_devices(config)
   results = multihost.on_main_process(
       "evaluation", lambda: _evaluate_on_this_process(config, workdir, step, variables,
-                                                      probe_params, devices, progress))
+                                                      probe, devices, progress))
   if results is None:  # another process: process 0 wrote them
     results = read_json(os.path.join(workdir, "results.json"))
   return results
 
 
-def _evaluate_on_this_process(config, workdir, step, variables, probe_params, devices,
+def _evaluate_on_this_process(config, workdir, step, variables, probe, devices,
                               progress):
   """The evaluation proper, on this process's `devices` (its share of the run's devices);
   writes results, pictures, report."""
@@ -404,8 +414,8 @@ def _evaluate_on_this_process(config, workdir, step, variables, probe_params, de
   test_x, test_p = embed(test.images)
   results = read_json(os.path.join(workdir, "results.json"))
   results.update(embedding_metrics(train_x, train.labels, test_x, test.labels, config))
-  if probe_params is not None:
-    results.update(online_probe_metrics(probe_params, train_x, train.labels, test_x,
+  if probe is not None:
+    results.update(online_probe_metrics(probe, train_x, train.labels, test_x,
                                         test.labels, config))
   results["weighted_knn_k"] = list(config.weighted_knn_k)
   # What training bought: the same metrics of the encoder as it started.

@@ -20,10 +20,12 @@ def optimizer(learning_rate):
 
 def init(feature_width, num_classes, learning_rate):
   """The probe's state: {"params": {"kernel" [width, classes], "bias" [classes]} at zero,
-  "opt_state": its optimizer's}."""
+  "opt_state": its optimizer's, "start_step": the step it started training at (0; later
+  for a run resumed from a checkpoint written before the probe existed)}."""
   params = {"kernel": jnp.zeros((feature_width, num_classes), jnp.float32),
             "bias": jnp.zeros((num_classes,), jnp.float32)}
-  return {"params": params, "opt_state": optimizer(learning_rate).init(params)}
+  return {"params": params, "opt_state": optimizer(learning_rate).init(params),
+          "start_step": jnp.zeros((), jnp.int32)}
 
 
 def logits(params, features):
@@ -60,7 +62,7 @@ def update(probe, features, labels, learning_rate, axis_name=None):
   updates, opt_state = optimizer(learning_rate).update(grads, probe["opt_state"],
                                                         probe["params"])
   params = optax.apply_updates(probe["params"], updates)
-  return ({"params": params, "opt_state": opt_state},
+  return ({**probe, "params": params, "opt_state": opt_state},
           {"probe_loss": loss, "probe_accuracy": accuracy})
 
 

@@ -145,7 +145,8 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
   Args:
     state: replicated ContrastiveState.
     batch: {"image": uint8 [n, H, W, C], "index": int32 [n] dataset indices,
-      "label": int32 [n] class labels (read by supcon only)}.
+      "label": int32 [n] class labels, -1 where hidden (read by supcon and the online
+      probe)}.
     rng: the step's key (the same on every device).
     config: the run config (static).
     axis_name: the devices' named axis, or None on a single device.

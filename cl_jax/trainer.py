@@ -245,8 +245,9 @@ def load_training_data(config, data_dir):
   config.dataset: the validation split is the first `validation_examples` training images;
   a method that reads labels pre-trains on the rest only, a label-free one on the whole
   training split, the validation split's labels hidden (-1: the online probe must not
-  learn them), followed by `unlabelled_split`'s images (label -1) if any;
-  `max_train_examples` then keeps the first that many pre-training images."""
+  learn them), followed by `unlabelled_split`'s images (their labels, if the split has any,
+  hidden too) if any; `max_train_examples` then keeps the first that many pre-training
+  images."""
   full = data.load_for(config, "train", data_dir)
   try:
     validation, rest = data.split_validation(full, config.validation_examples)
@@ -258,10 +259,13 @@ def load_training_data(config, data_dir):
     train = data.Split(images=full.images, labels=np.concatenate(
         [np.full(len(validation), -1, full.labels.dtype), rest.labels]))
   if config.unlabelled_split:
-    train = train.concatenate(data.load_for(config, config.unlabelled_split, data_dir))
+    unlabelled = data.load_for(config, config.unlabelled_split, data_dir)
+    train = train.concatenate(data.Split(images=unlabelled.images, labels=np.full(
+        len(unlabelled), -1, train.labels.dtype)))
   if config.max_train_examples >= 0:
     train = train[:config.max_train_examples]
-  if config.online_probe_learning_rate > 0 and not np.any(train.labels >= 0):
+  if (config.online_probe_learning_rate > 0 and not np.any(train.labels >= 0)
+      and multihost.is_main_process()):
     logger.warning("the online probe has no labelled pre-training image to learn from (the "
                    "first %d are the validation split's, labels hidden): it stays at chance",
                    config.validation_examples)
@@ -389,6 +393,11 @@ def train_and_evaluate(config, workdir):
     state, keys, saved_schedule = checkpointing.tree_to_state(tree, state)
     base_key = jax.random.key_data(keys)
     trained_seconds = checkpointing.saved_train_seconds(tree)
+    if state.probe is not None and checkpointing.PROBE_KEY not in tree:
+      state = state.replace(probe={**state.probe, "start_step": np.int32(restored_step)})
+      if is_main:
+        logger.warning("the checkpoint predates the online probe: it starts at step %d",
+                       restored_step)
     if saved_schedule is not None and saved_schedule != schedule_steps:
       logger.warning("the checkpoint's schedule is %d steps, the config's %d: keeping the "
                      "checkpoint's", saved_schedule, schedule_steps)

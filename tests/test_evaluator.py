@@ -90,9 +90,10 @@ def test_train_then_evaluate_writes_everything(mnist_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_random_initialisation_row_is_the_runs_own_start(mnist_data_dir, tmp_path):
-  """A run whose one step cannot move its parameters (learning rate 1e-30: below float32's
-  resolution of every weight) evaluates exactly as its random-initialisation row: the row
-  is the trainer's initialisation from the same seed, not another draw."""
+  """A run whose one step cannot move its parameters (learning rate 1e-30: far below
+  float32's resolution of every non-zero weight; the zero biases move to 1e-30, which no
+  metric sees) evaluates exactly as its random-initialisation row: the row is the
+  trainer's initialisation from the same seed, not another draw."""
   config = short_config(mnist_data_dir, str(tmp_path / "cache"))
   config.learning_rate = 1e-30
   config.max_steps = 1
@@ -108,6 +109,21 @@ def test_the_random_initialisation_row_is_the_runs_own_start(mnist_data_dir, tmp
   config.seed = 4  # another initialisation evaluates differently
   other = trainer.train_and_evaluate(config, str(tmp_path / "other"))
   assert other["random_init"] != results["random_init"]
+
+
+def test_a_weighted_k_larger_than_the_fit_set_is_left_out():
+  """A small dataset (here 30 fit rows for validation, 40 for test) has no weighted k-NN at
+  k = 200, but keeps the ks that fit; the rest of the metrics are unchanged."""
+  rng = np.random.default_rng(0)
+  train_x, train_y = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+  test_x, test_y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+  config = default_config.get_config()
+  config.validation_examples, config.knn_k, config.weighted_knn_k = 10, 3, (200, 35, 5)
+  metrics = evaluator.embedding_metrics(train_x, train_y, test_x, test_y, config)
+  assert {k for k in metrics if "weighted" in k} == {
+      "weighted_knn35", "weighted_knn5", "validation_weighted_knn5"}
+  assert metrics["weighted_knn5"] == evaluation.weighted_knn_accuracy(train_x, train_y, test_x,
+                                                                      test_y, 5, 0.1)
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path):

@@ -79,5 +79,5 @@ def test_console_is_quiet_and_ends_with_a_summary(mnist_data_dir, tmp_path):
   assert not [line for line in lines if line[:1] == "I" and line[1:5].isdigit()], lines
   summary = proc.stdout
   assert "validation k-NN:" in summary and "test k-NN train -> test:" in summary
-  assert summary.count("(raw pixels") == 3
+  assert summary.count("(raw pixels") == 3 == summary.count("its random initialisation")
   assert f"report: {workdir / 'report.md'}" in summary and "checkpoints:" in summary

@@ -91,21 +91,29 @@ def test_views_are_the_same_on_one_and_on_n_devices():
 
 
 def run_train_steps(config, mode, num_devices, num_steps=3):
-  """A few SimCLR steps on fixed random images; returns host params and losses."""
+  """A few SimCLR steps, with the online probe, on fixed random images whose first 8 have no
+  label (the first device's whole shard on 4 devices); returns host params and losses, and
+  the probe's parameters and losses."""
   model = models.create_model(config)
   tx = train_step_lib.create_optimizer(config, steps_per_epoch=10, schedule_steps=10)
-  state = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
+  state = train_step_lib.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), config,
+                                            num_classes=10)
   step_fn = functools.partial(train_step_lib.train_step, config=config,
                               axis_name=parallel.AXIS)
   dp = parallel.DataParallel(step_fn, mode, jax.devices()[:num_devices])
   state = dp.put_state(state)
   images = (np.random.default_rng(6).random((num_steps, 32, 28, 28, 1)) * 255).astype(np.uint8)
-  losses_seen = []
+  labels = np.random.default_rng(7).integers(0, 10, (num_steps, 32)).astype(np.int32)
+  labels[:, :8] = -1
+  losses_seen, probe_losses = [], []
   for step in range(num_steps):
-    batch = {"image": images[step], "index": np.arange(32, dtype=np.int32) + 32 * step}
+    batch = {"image": images[step], "index": np.arange(32, dtype=np.int32) + 32 * step,
+             "label": labels[step]}
     state, metrics = dp.step(state, batch, jax.random.fold_in(jax.random.key(1), step))
     losses_seen.append(float(metrics["loss"]))
-  return dp.get_state(state).params, losses_seen
+    probe_losses.append(float(metrics["probe_loss"]))
+  host = dp.get_state(state)
+  return host.params, losses_seen, host.probe["params"], probe_losses
 
 
 def sgd_config():
@@ -124,11 +132,16 @@ def one_device_runs():
 @pytest.mark.parametrize("mode,num_devices", [("shard_map", 4), ("pmap", 4)])
 def test_train_steps_match_one_device(one_device_runs, mode, num_devices):
   # SGD: parameter differences are lr times gradient differences, so RTOL holds.
-  params, losses_seen = run_train_steps(sgd_config(), mode, num_devices)
-  params_1, losses_1 = one_device_runs["sgd"]
+  params, losses_seen, probe, probe_losses = run_train_steps(sgd_config(), mode, num_devices)
+  params_1, losses_1, probe_1, probe_losses_1 = one_device_runs["sgd"]
   np.testing.assert_allclose(losses_seen, losses_1, rtol=RTOL)
   for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(params_1)):
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-6)
+  # The probe's loss is over the global batch's labelled rows: a probe trained per device
+  # (or a mean of per-device means) gives other losses after the first step (log 10).
+  np.testing.assert_allclose(probe_losses, probe_losses_1, rtol=RTOL)
+  for got, expected in zip(jax.tree.leaves(probe), jax.tree.leaves(probe_1)):
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # Adam steps of 1e-3
   # Adam divides by sqrt(v): for near-zero gradient entries the update direction
   # amplifies summation-order noise, and a max-pool window whose two largest inputs
   # are within rounding of each other can pick its winner differently (one input's
@@ -136,8 +149,8 @@ def test_train_steps_match_one_device(one_device_runs, mode, num_devices):
   # lr = 1e-3 per step; seen here: all but 1 of 200,704 dense weights within 3e-5,
   # that one 1.7e-4 apart. A wrong negative set or key changes the losses (RTOL)
   # and most parameters.
-  params, losses_seen = run_train_steps(mnist_seed.get_config(), mode, num_devices)
-  params_1, losses_1 = one_device_runs["adam"]
+  params, losses_seen, _, _ = run_train_steps(mnist_seed.get_config(), mode, num_devices)
+  params_1, losses_1, _, _ = one_device_runs["adam"]
   np.testing.assert_allclose(losses_seen, losses_1, rtol=RTOL)
   for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(params_1)):
     difference = np.abs(np.asarray(got) - np.asarray(expected))
