@@ -8,9 +8,10 @@ SimCLR's small-image recipes (Chen et al. 2020, appendix B.9; solo-learn's and
 lightly's CIFAR configs) add: a colour (here intensity) jitter applied to 80% of
 the views, horizontal flips, BatchNorm over the global batch in the encoder and
 the head, and batch 256. Crops go down to half the image and the temperature is
-0.5: on MNIST (docs/tuning.md, "A generic recipe that learns", 2026-12-02)
-SimCLR's CIFAR crops (down to a fifth) with solo-learn's temperature 0.2 ended
-1.4 points lower on validation k-NN and plateaued after 9 epochs.
+0.5: on MNIST (docs/tuning.md, "A generic recipe that learns", 2026-12-02, one
+seed each) SimCLR's CIFAR crops (down to a fifth) with solo-learn's temperature
+0.2 ended lower on every validation metric (k-NN 97.96% against 98.21%, linear
+probe 97.78% against 98.56%), its monitor flat after 9 epochs.
 
 Flips are a per-dataset choice: objects, clothing and scenes look the same
 mirrored, characters do not (--config.augment.flip_probability=0 for digits
