@@ -440,7 +440,7 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   tree = checkpointing.Checkpointer(workdir).restore(32, None)
   assert ("momentum_params" in tree) == (method in ("moco", "byol"))
   assert ("queue" in tree) == (method == "moco")
-  assert set(tree["online_probe"]) == {"params", "opt_state"}  # every method trains one
+  assert set(tree["online_probe"]) == {"params", "opt_state", "start_step"}  # every method has one
   if method == "moco":
     # Stopped at 16 and resumed: the queue, key network and probe come back bit for bit.
     resumed_dir = str(tmp_path / "resumed")
