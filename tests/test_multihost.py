@@ -197,9 +197,14 @@ BN_OVERRIDES = {**OVERRIDES, "method": "byol", "model.norm": "batch",
 # one log line a call).
 LOOP_OVERRIDES = {"steps_per_call": 4, "log_every_steps": 4}
 # Gloo's order of summation, through BN's statistics, reached 2.4e-5 in the loss at step 8
-# (an AVX-512 Xeon, 2026-12-01); statistics over one process's shard instead of the global
-# batch change the first logged loss (step 4) already, by far more.
-BN_LOSS_TOLERANCE = 1e-4
+# on an AVX-512 Xeon (2026-12-01) and 1.6e-4 on an AMD EPYC (2026-12-02, the same at
+# ce5179d); statistics over one process's shard instead of the global batch change the
+# first logged loss (step 4, FIRST_LOSS_TOLERANCE) already, by far more.
+BN_LOSS_TOLERANCE = 5e-4
+# The same rounding, through Adam's division by a tiny second moment, moved one channel of
+# the first conv's kernel by 3.5e-4 there (8 steps of lr 1e-3 move a weight by up to 8e-3):
+# two steps' worth.
+BN_PARAMS_TOLERANCE = 2e-3
 
 
 @pytest.mark.long  # ~2 min: two training processes and a reference run
@@ -228,7 +233,7 @@ def test_batch_norm_statistics_span_processes(mnist_data_dir, tmp_path):
   reference_tree = checkpointing.Checkpointer(reference_dir).restore_tree(STEPS)
   for name in ("params", "batch_stats", "momentum_params", "momentum_batch_stats"):
     jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
-        a, b, rtol=0, atol=PARAMS_TOLERANCE, err_msg=name), tree[name], reference_tree[name])
+        a, b, rtol=0, atol=BN_PARAMS_TOLERANCE, err_msg=name), tree[name], reference_tree[name])
 
 
 @pytest.mark.parametrize("flag,environ,expected", [
