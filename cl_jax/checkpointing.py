@@ -239,10 +239,10 @@ class Checkpointer:
       if missing:  # another method's state (resume=force): say so without retrying
         raise ValueError(f"tree structures do not match: the checkpoint has no "
                          f"{', '.join(sorted(missing))}")
-      if PROBE_KEY in saved_keys and PROBE_KEY not in target:
-        raise ValueError("tree structures do not match: the checkpoint has an online probe, "
-                         "this config none (online_probe_learning_rate=0); resume with the "
-                         "run's online_probe_learning_rate")
+      extra = saved_keys - set(target)
+      if extra:  # another method's state, or an online probe this config has none of
+        raise ValueError(f"tree structures do not match: the checkpoint has "
+                         f"{', '.join(sorted(extra))}, which this config has none of")
       target = {k: v for k, v in target.items() if k not in _OPTIONAL_KEYS or k in saved_keys}
       _check_shapes(saved, target)
       return reader.restore(path, target)

@@ -83,15 +83,21 @@ def knn_report(train_x, train_y, test_x, test_y, k=5):
   return report
 
 
+def _cosine_neighbours(bank, queries, k):
+  """(similarities, indices) of the k bank rows most cosine-similar to each query; ties in
+  similarity are taken lower bank index first (lax.top_k)."""
+  similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
+                          precision=losses.HIGHEST)
+  return jax.lax.top_k(similarity, k)
+
+
 def knn_predict_cosine(bank, bank_labels, queries, k, num_classes):
   """On-device cosine k-NN: majority vote of the k most similar bank rows.
 
   Votes are uniform; ties between classes go to the smallest label, as in
   scikit-learn. Works on jax arrays inside or outside jit.
   """
-  similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
-                          precision=losses.HIGHEST)
-  _, neighbours = jax.lax.top_k(similarity, k)
+  _, neighbours = _cosine_neighbours(bank, queries, k)
   votes = jax.nn.one_hot(bank_labels[neighbours], num_classes).sum(axis=1)
   return jnp.argmax(votes, axis=1)  # argmax returns the first (smallest) of tied maxima
 
@@ -101,9 +107,7 @@ def weighted_knn_scores(bank, bank_labels, queries, k, temperature, num_classes)
   the k bank rows most cosine-similar to each query vote for their labels with weight
   exp(similarity / temperature). Returns the votes [queries, num_classes]. Neighbours tied
   in similarity are taken lower bank index first (lax.top_k)."""
-  similarity = jnp.matmul(losses.l2_normalize(queries), losses.l2_normalize(bank).T,
-                          precision=losses.HIGHEST)
-  top, neighbours = jax.lax.top_k(similarity, k)
+  top, neighbours = _cosine_neighbours(bank, queries, k)
   # exp((s - 1) / T): exp(s / T) times one constant, which votes the same and cannot
   # overflow (float32's exp(s / T) does for T below 0.0113).
   weights = jnp.exp((top - 1.0) / temperature)

@@ -256,12 +256,11 @@ def load_training_data(config, data_dir):
   if methods.get(config.method).uses_labels:
     train = rest
   else:
-    train = data.Split(images=full.images, labels=np.concatenate(
-        [np.full(len(validation), -1, full.labels.dtype), rest.labels]))
+    hidden = np.arange(len(full)) < len(validation)  # the validation split's rows
+    train = data.Split(images=full.images, labels=np.where(hidden, -1, full.labels))
   if config.unlabelled_split:
-    unlabelled = data.load_for(config, config.unlabelled_split, data_dir)
-    train = train.concatenate(data.Split(images=unlabelled.images, labels=np.full(
-        len(unlabelled), -1, train.labels.dtype)))
+    train = train.concatenate(
+        data.load_for(config, config.unlabelled_split, data_dir).unlabelled())
   if config.max_train_examples >= 0:
     train = train[:config.max_train_examples]
   if (config.online_probe_learning_rate > 0 and not np.any(train.labels >= 0)

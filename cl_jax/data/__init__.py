@@ -153,6 +153,10 @@ class Split:
     """The examples at `index` (a slice or an index array), as a Split."""
     return Split(images=self.images[index], labels=self.labels[index])
 
+  def unlabelled(self):
+    """The same images with every label hidden (-1)."""
+    return Split(images=self.images, labels=np.full(len(self), -1, self.labels.dtype))
+
   def concatenate(self, other):
     """This split's examples followed by `other`'s."""
     return Split(images=np.concatenate([self.images, other.images]),
