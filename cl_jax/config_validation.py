@@ -103,6 +103,7 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   _check_choice(config, "lr_schedule", LR_SCHEDULES)
   _check_choice(config, "model.norm", NORMS)
   _check_choice(config, "model.head_norm", HEAD_NORMS)
+  _check_choice(config, "model.head_output_norm", HEAD_NORMS)
   _check_choice(config, "model.predictor_norm", HEAD_NORMS)
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "resume", RESUME_MODES)
@@ -145,11 +146,19 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   methods.get(config.method).check_config(config, _fail)
   _check_augment(config.augment)
   _check_model(config.model)
-  if config.model.head_norm != "none" and config.model.projection_dim == 0:
-    _fail("model.head_norm", config.model.head_norm, "there is no head (projection_dim=0)")
-  if config.model.predictor_norm != "none" and not methods.get(config.method).uses_predictor:
-    _fail("model.predictor_norm", config.model.predictor_norm,
-          f"{config.method} has no predictor")
+  for field in ("head_norm", "head_output_norm"):
+    if config.model[field] != "none" and config.model.projection_dim == 0:
+      _fail(f"model.{field}", config.model[field], "there is no head (projection_dim=0)")
+  if methods.get(config.method).uses_predictor and config.model.projection_dim <= 0:
+    _fail("model.projection_dim", config.model.projection_dim,
+          f"{config.method} needs a projection head (> 0) for its predictor")
+  if not methods.get(config.method).uses_predictor:
+    if config.model.predictor_norm != "none":
+      _fail("model.predictor_norm", config.model.predictor_norm,
+            f"{config.method} has no predictor")
+    if tuple(config.model.predictor_hidden):
+      _fail("model.predictor_hidden", tuple(config.model.predictor_hidden),
+            f"{config.method} has no predictor")
   fit_sizes = {}
   if config.eval_every_epochs > 0:
     fit_sizes["monitor_bank_size"] = config.monitor_bank_size
@@ -226,7 +235,8 @@ def _check_model(model):
   if not isinstance(model.patch_size, int) or model.patch_size <= 0:
     _fail("model.patch_size", model.patch_size, "must be a positive integer")
   widths = {"model.conv_features": tuple(model.conv_features),
-            "model.projection_hidden": tuple(model.projection_hidden)}
+            "model.projection_hidden": tuple(model.projection_hidden),
+            "model.predictor_hidden": tuple(model.predictor_hidden)}
   for field, values in widths.items():
     if not all(isinstance(v, int) and v > 0 for v in values):
       _fail(field, values, "every width must be a positive integer")

@@ -11,7 +11,9 @@ import ml_collections
 def get_config():
   """Returns the default config (SimpleCNN, the replaced example's hyper-parameters)."""
   config = ml_collections.ConfigDict()
-  config.method = "simclr"  # "simclr", "moco", "byol", "supcon", "triplet" or "margin" (cl_jax/methods/).
+  # "simclr", "moco", "byol", "supcon", "triplet", "margin", "barlow_twins", "vicreg",
+  # "simsiam", "mocov3" or "nnclr" (cl_jax/methods/).
+  config.method = "simclr"
 
   # Data.
   # Any TFDS image-classification dataset (any height, width and channels; its "test"
@@ -78,7 +80,10 @@ def get_config():
   config.model.projection_hidden = (128,)  # Hidden sizes of the projection head MLP.
   config.model.projection_dim = 64  # Output size of the projection head; 0 = no head (loss on the embedding).
   config.model.head_norm = "none"  # Normalisation after each hidden layer of the head: "none" or "batch".
-  config.model.predictor_norm = "none"  # Predictor (byol; its hidden sizes are projection_hidden's): "none" or "batch".
+  config.model.head_output_norm = "none"  # After the head's output layer: "none" or "batch" (no scale or offset; simsiam, mocov3).
+  # The predictor (byol, simsiam, mocov3, nnclr): an MLP from projection_dim to projection_dim.
+  config.model.predictor_hidden = ()  # Its hidden sizes; () = projection_hidden's.
+  config.model.predictor_norm = "none"  # After each of its hidden layers: "none" or "batch".
   # BatchNorm ("batch" above): statistics over the global batch (both views, every device and
   # process) in training; running averages, kept in checkpoints, in evaluation.
   config.model.bn_momentum = 0.9  # Decay of BatchNorm's running averages per step.
@@ -91,15 +96,20 @@ def get_config():
   config.matmul_precision = "default"
 
   # Loss and optimisation.
-  config.temperature = 0.5  # Softmax temperature of simclr, supcon and moco.
+  config.temperature = 0.5  # Softmax temperature of simclr, supcon, moco, mocov3 and nnclr.
   config.margin = 0.5  # Margin of triplet and margin, in distances between unit vectors (0 to 2).
   # triplet's negatives: "batch_hard", "semi_hard", "batch_all" (every violating triplet)
   # or "soft_margin" (batch-hard, no margin).
   # "batch_hard" is what triplet runs did before the field existed (so their workdirs
   # resume unchanged); configs/mnist_triplet.py uses "batch_all".
   config.triplet_mining = "batch_hard"
-  config.momentum = 0.99  # EMA rate of moco's key network; byol's starting rate (cosine to 1).
-  config.queue_size = 4096  # moco: keys in the queue of negatives (a ring buffer; any positive size).
+  config.momentum = 0.99  # EMA rate of moco's key network; byol's and mocov3's starting rate (cosine to 1).
+  # moco: keys in the queue of negatives; nnclr: embeddings in the support set (a ring buffer
+  # of earlier view-1 projections; any positive size).
+  config.queue_size = 4096
+  config.barlow_lambda = 0.0051  # barlow_twins: weight of the off-diagonal terms (the paper's).
+  # vicreg: weights of the invariance, variance and covariance terms (the paper's lambda, mu, nu).
+  config.vicreg_weights = (25.0, 25.0, 1.0)
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
   # Stop this invocation at this global step, at most the schedule's end (num_epochs), which

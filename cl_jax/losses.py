@@ -16,7 +16,8 @@ def l2_normalize(x, axis=-1):
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
 
 
-def _gather(x, axis_name):
+def gather(x, axis_name):
+  """`x` [n, ...] of every device of `axis_name` in device order (the global batch), or `x`."""
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
@@ -33,7 +34,7 @@ def _two_view_similarities(z1, z2, axis_name):
   z2 = l2_normalize(z2.astype(jnp.float32))
   local_n = z1.shape[0]
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_n
-  all1, all2 = _gather(z1, axis_name), _gather(z2, axis_name)
+  all1, all2 = gather(z1, axis_name), gather(z2, axis_name)
   global_n = all1.shape[0]
   candidates = jnp.concatenate([all1, all2])  # [2N, d]
   anchors = jnp.concatenate([z1, z2])  # [2n, d]
@@ -46,7 +47,7 @@ def _two_view_similarities(z1, z2, axis_name):
 def _label_masks(labels, is_self, axis_name):
   """(positive, negative) boolean masks [2n, 2N] from per-example labels [n]."""
   anchor_labels = jnp.concatenate([labels, labels])
-  all_labels = _gather(labels, axis_name)
+  all_labels = gather(labels, axis_name)
   candidate_labels = jnp.concatenate([all_labels, all_labels])
   same = anchor_labels[:, None] == candidate_labels[None, :]
   return same & ~is_self, ~same
@@ -231,3 +232,113 @@ def byol_regression(predictions, targets):
   cosine = jnp.sum(l2_normalize(predictions.astype(jnp.float32)) *
                    l2_normalize(targets.astype(jnp.float32)), axis=1)
   return jnp.mean(2.0 - 2.0 * cosine)
+
+
+def _global_sum(x, axis_name):
+  """The sum of `x` over this device's rows and, with `axis_name`, every device's."""
+  return _psum(jnp.sum(x, axis=0), axis_name)
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _global_count(n, axis_name):
+  """The global batch's size from this device's `n` (every device holds as many)."""
+  return n if axis_name is None else n * jax.lax.axis_size(axis_name)
+
+
+def _global_standardise(z, axis_name, eps=1e-5):
+  """Each column of `z` minus its mean over the global batch, over its (biased) standard
+  deviation there: BatchNorm without scale or offset, as Barlow Twins' `bn(z)`."""
+  count = _global_count(z.shape[0], axis_name)
+  mean = _global_sum(z, axis_name) / count
+  centred = z - mean
+  variance = _global_sum(centred * centred, axis_name) / count
+  return centred * jax.lax.rsqrt(variance + eps)
+
+
+def barlow_twins(z1, z2, off_diagonal_weight, axis_name=None):
+  """Barlow Twins (Zbontar et al. 2021, eq. 1), the same value on every device.
+
+    C_ij = sum_b zn1_bi zn2_bj / N,  loss = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2,
+
+  with each view's embeddings standardised over the global batch of N (`zn`) and the sum
+  over the global batch (a psum of each device's part), as the paper's code (SyncBatchNorm,
+  then an all_reduce of c divided by the global batch)."""
+  z1 = _global_standardise(z1.astype(jnp.float32), axis_name)
+  z2 = _global_standardise(z2.astype(jnp.float32), axis_name)
+  count = _global_count(z1.shape[0], axis_name)
+  correlation = _psum(jnp.matmul(z1.T, z2, precision=HIGHEST), axis_name) / count
+  on_diagonal = jnp.sum((1.0 - jnp.diagonal(correlation)) ** 2)
+  return on_diagonal + off_diagonal_weight * _off_diagonal_sum_of_squares(correlation)
+
+
+def _off_diagonal_sum_of_squares(matrix):
+  """The sum of the squares of a square matrix's off-diagonal entries (masked, not a
+  difference of two sums: that loses the small off-diagonal part to rounding)."""
+  off = ~jnp.eye(matrix.shape[0], dtype=bool)
+  return jnp.sum(jnp.where(off, matrix, 0.0) ** 2)
+
+
+def _variance_and_covariance_terms(z, axis_name, eps=1e-4):
+  """VICReg's v(Z) = mean_j relu(1 - sqrt(Var(z_j) + eps)) and c(Z) = sum_{i != j} Cov_ij^2 / d,
+  with the unbiased variance and covariance over the global batch."""
+  count = _global_count(z.shape[0], axis_name)
+  centred = z - _global_sum(z, axis_name) / count
+  covariance = _psum(jnp.matmul(centred.T, centred, precision=HIGHEST), axis_name) / (count - 1)
+  variance_term = jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(jnp.diagonal(covariance) + eps)))
+  covariance_term = _off_diagonal_sum_of_squares(covariance) / z.shape[1]
+  return variance_term, covariance_term
+
+
+def vicreg(z1, z2, weights, axis_name=None):
+  """VICReg (Bardes et al. 2022, eq. 6 and Algorithm 1), per device:
+
+    lambda s(Z, Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')],
+
+  s the mean squared distance of the pairs (this device's; its mean over devices is the
+  global one), v and c over the global batch (the same on every device, as the paper's code
+  gathers the embeddings). `weights` = (lambda, mu, nu). As the paper's equation and
+  solo-learn; the paper's code (main_vicreg.py) halves the variance term, v(Z)/2 + v(Z')/2.
+  The covariance is psum'd as a d x d matrix: for d well above the global batch, gathering
+  the embeddings would move less."""
+  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  invariance_weight, variance_weight, covariance_weight = weights
+  invariance = jnp.mean(jnp.sum((z1 - z2) ** 2, axis=1)) / z1.shape[1]
+  variance1, covariance1 = _variance_and_covariance_terms(z1, axis_name)
+  variance2, covariance2 = _variance_and_covariance_terms(z2, axis_name)
+  return (invariance_weight * invariance + variance_weight * (variance1 + variance2) +
+          covariance_weight * (covariance1 + covariance2))
+
+
+def negative_cosine(predictions, targets):
+  """SimSiam's D(p, z) for one direction: minus the mean cosine similarity (the targets are
+  constants of the step: the caller stops their gradient)."""
+  return -jnp.mean(jnp.sum(l2_normalize(predictions.astype(jnp.float32)) *
+                           l2_normalize(targets.astype(jnp.float32)), axis=1))
+
+
+def cross_view_infonce(queries, keys, temperature, axis_name=None):
+  """InfoNCE of each local query against every key of the global batch; query i's positive
+  is key i (the same example), the other examples' keys its negatives:
+
+    loss_i = -log( exp(q_i.k_i / t) / sum_j exp(q_i.k_j / t) ),  q, k L2-normalised,
+
+  averaged over the local queries (MoCo v3's `ctr` without its 2t factor; NNCLR's loss with
+  the nearest neighbours as queries). Gradients reach the keys through the all_gather."""
+  queries = l2_normalize(queries.astype(jnp.float32))
+  keys = l2_normalize(keys.astype(jnp.float32))
+  local_n = queries.shape[0]
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_n
+  logits = jnp.matmul(queries, gather(keys, axis_name).T, precision=HIGHEST) / temperature
+  positive = jnp.take_along_axis(logits, (offset + jnp.arange(local_n))[:, None], axis=1)[:, 0]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
+
+
+def nearest_neighbours(embeddings, support):
+  """For each embedding, the row of `support` (unit vectors) with the largest cosine
+  similarity to it; ties go to the lowest row."""
+  similarities = jnp.matmul(l2_normalize(embeddings.astype(jnp.float32)), support.T,
+                            precision=HIGHEST)
+  return support[jnp.argmax(similarities, axis=1)]

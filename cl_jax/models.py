@@ -158,13 +158,15 @@ class Conv3x3(nn.Module):
     return _xla_conv3x3(x, kernel, self.precision) + bias
 
 
-def batch_norm(dtype, axis_name, train, momentum, name=None):
+def batch_norm(dtype, axis_name, train, momentum, name=None, affine=True):
   """BatchNorm whose training-mode statistics are over the global batch: every device of
   the mapped axis `axis_name` (None: this call's batch only). Statistics and running
-  averages are float32 whatever `dtype`; running averages decay by `momentum` a step."""
+  averages are float32 whatever `dtype`; running averages decay by `momentum` a step.
+  `affine=False`: no learned scale and offset (SimSiam's and MoCo v3's output BN)."""
   return nn.BatchNorm(use_running_average=not train, axis_name=axis_name if train else None,
                       momentum=momentum, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
-                      force_float32_reductions=True, name=name)
+                      force_float32_reductions=True, use_scale=affine, use_bias=affine,
+                      name=name)
 
 
 class CNNEncoder(nn.Module):
@@ -201,10 +203,12 @@ class CNNEncoder(nn.Module):
 
 class ProjectionHead(nn.Module):
   """MLP between encoder and loss: Dense -> [BatchNorm] -> ReLU per hidden size, then a
-  linear output (SimCLR's and BYOL's heads with `norm="batch"`)."""
+  linear output, optionally batch-normalised without scale and offset (SimCLR's and BYOL's
+  heads with `norm="batch"`; SimSiam's and MoCo v3's with `output_norm="batch"` too)."""
   hidden_features: Sequence[int] = (128,)
   out_features: int = 64
   norm: str = "none"  # "none" or "batch" (after each hidden Dense)
+  output_norm: str = "none"  # "none" or "batch" (after the output Dense, no scale or offset)
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   precision: Any = None
@@ -216,14 +220,18 @@ class ProjectionHead(nn.Module):
       if self.norm == "batch":
         x = batch_norm(self.dtype, axis_name, train, self.bn_momentum)(x)
       x = nn.relu(x)
-    return nn.Dense(self.out_features, dtype=self.dtype, precision=self.precision)(x)
+    x = nn.Dense(self.out_features, dtype=self.dtype, precision=self.precision)(x)
+    if self.output_norm == "batch":
+      x = batch_norm(self.dtype, axis_name, train, self.bn_momentum, affine=False)(x)
+    return x
 
 
 class ContrastiveModel(nn.Module):
-  """Encoder, optional projection head and optional predictor (BYOL).
+  """Encoder, optional projection head and optional predictor (BYOL, SimSiam, MoCo v3, NNCLR).
 
   Returns (features, projections), or (features, predictions) with
-  `predict=True`. Features (encoder output) are what evaluation uses;
+  `predict=True`, or (features, (projections, predictions)) with `predict="both"`
+  (SimSiam's and NNCLR's losses read both). Features (encoder output) are what evaluation uses;
   projections (or predictions) feed the loss. Without a head, projections are
   the features. Outputs are float32 whatever the compute dtype, so the loss is
   always computed in float32. `train=True` normalises with the batch's
@@ -237,9 +245,11 @@ class ContrastiveModel(nn.Module):
   def __call__(self, x, predict=False, train=False, axis_name=None):
     features = self.encoder(x, train, axis_name)
     projections = features if self.head is None else self.head(features, train, axis_name)
+    outputs = projections
     if predict:
-      projections = self.predictor(projections, train, axis_name)
-    return features.astype(jnp.float32), projections.astype(jnp.float32)
+      predictions = self.predictor(projections, train, axis_name)
+      outputs = (projections, predictions) if predict == "both" else predictions
+    return features.astype(jnp.float32), jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
 
 
 def create_model(config, backend=None):
@@ -256,10 +266,11 @@ def create_model(config, backend=None):
   head = predictor = None
   if m.projection_dim > 0:
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,
-                          norm=m.head_norm, bn_momentum=m.bn_momentum, dtype=dtype,
-                          precision=precision)
+                          norm=m.head_norm, output_norm=m.head_output_norm,
+                          bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
   if methods.get(config.method).uses_predictor:  # projection_dim -> projection_dim
-    predictor = ProjectionHead(hidden_features=tuple(m.projection_hidden),
+    hidden = tuple(m.predictor_hidden) or tuple(m.projection_hidden)
+    predictor = ProjectionHead(hidden_features=hidden,
                                out_features=m.projection_dim, norm=m.predictor_norm,
                                bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
   return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)

@@ -41,7 +41,14 @@ BAD_INPUTS = [
     ({"method": "moco", "queue_size": 0}, "config.queue_size=0: must be a positive integer"),
     ({"max_steps": 0}, "config.max_steps=0: must be -1 (no limit) or a positive integer"),
     ({"method": "barlow"},
-     "config.method='barlow': allowed: simclr, moco, byol, supcon, triplet, margin"),
+     "config.method='barlow': allowed: simclr, moco, byol, supcon, triplet, margin, "
+     "barlow_twins, vicreg, simsiam, mocov3, nnclr"),
+    ({"method": "simsiam", "model.projection_dim": 0},
+     "config.model.projection_dim=0: simsiam needs a projection head (> 0) for its predictor"),
+    ({"model.predictor_hidden": (64,)},
+     "config.model.predictor_hidden=(64,): simclr has no predictor"),
+    ({"model.head_output_norm": "batch", "model.projection_dim": 0},
+     "config.model.head_output_norm='batch': there is no head (projection_dim=0)"),
     ({"parallel": "pjit"}, "config.parallel='pjit': allowed: shard_map, pmap"),
     ({"dataset": "mnistt"},
      "config.dataset='mnistt': neither a registered TFDS dataset (e.g. mnist, cifar10) nor one "

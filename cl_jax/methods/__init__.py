@@ -16,6 +16,11 @@ from cl_jax.methods import byol  # pylint: disable=unused-import
 from cl_jax.methods import supcon  # pylint: disable=unused-import
 from cl_jax.methods import triplet  # pylint: disable=unused-import
 from cl_jax.methods import margin  # pylint: disable=unused-import
+from cl_jax.methods import barlow_twins  # pylint: disable=unused-import
+from cl_jax.methods import vicreg  # pylint: disable=unused-import
+from cl_jax.methods import simsiam  # pylint: disable=unused-import
+from cl_jax.methods import mocov3  # pylint: disable=unused-import
+from cl_jax.methods import nnclr  # pylint: disable=unused-import
 
 METHODS = tuple(base.REGISTRY)
 

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cl_jax import losses
+
 REGISTRY = {}
 
 
@@ -18,11 +20,31 @@ def register(name):
   return decorate
 
 
+def enqueue(queue, queue_next, keys):
+  """Writes `keys` [K, d] into the ring buffer `queue` [Q, d] from row `queue_next`, wrapping
+  past the end; returns (queue, next row). With K > Q only the newest Q keys are kept."""
+  size, count = queue.shape[0], keys.shape[0]
+  dropped = max(count - size, 0)  # static: shapes are known at trace time
+  rows = (queue_next + dropped + jnp.arange(count - dropped)) % size
+  return queue.at[rows].set(keys[dropped:], unique_indices=True), (queue_next + count) % size
+
+
+def random_unit_queue(key, size, width):
+  """A queue of random unit vectors, as MoCo starts its queue and NNCLR its support set."""
+  return losses.l2_normalize(jax.random.normal(key, (size, width), jnp.float32))
+
+
+def check_queue_size(config, fail):
+  """A ring buffer of `config.queue_size` rows (MoCo's queue, NNCLR's support set)."""
+  if config.queue_size <= 0:
+    fail("queue_size", config.queue_size, "must be a positive integer")
+
+
 class Method:
   """One method: its loss, its state, its update after each step, its config checks and
   the model parts it adds. Subclasses override what they need."""
   name = None
-  uses_predictor = False  # the model gets a predictor after the projection head (BYOL)
+  uses_predictor = False  # the model gets a predictor after the projection head (model.predictor_*)
   uses_labels = False  # the loss reads class labels: pre-training leaves the validation split out
 
   def check_config(self, config, fail):
@@ -51,8 +73,10 @@ class Method:
 def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=False):
   """Both views through the network in one training-mode pass; returns (outputs of view 1,
   of view 2, updated BatchNorm averages or None, the encoder's features of views 1 then 2
-  as constants: what the online probe trains on). With BN, the statistics are over both
-  views of the global batch (all devices of `axis_name`), as SimCLR's global BN."""
+  as constants: what the online probe trains on). The outputs are the projections, the
+  predictions with `predict=True`, or (projections, predictions) with `predict="both"`.
+  With BN, the statistics are over both views of the global batch (all devices of
+  `axis_name`), as SimCLR's global BN."""
   images = jnp.concatenate([view1, view2])
   if batch_stats is None:
     features, outputs = state.apply_fn({"params": params}, images, predict=predict,
@@ -63,7 +87,8 @@ def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=F
         {"params": params, "batch_stats": batch_stats}, images, predict=predict, train=True,
         axis_name=axis_name, mutable=["batch_stats"])
     new_stats = updates["batch_stats"]
-  out1, out2 = jnp.split(outputs, 2)
+  n = view1.shape[0]
+  out1, out2 = jax.tree.map(lambda x: x[:n], outputs), jax.tree.map(lambda x: x[n:], outputs)
   return out1, out2, new_stats, jax.lax.stop_gradient(features)
 
 
@@ -119,6 +144,15 @@ class MomentumMethod(Method):
     if aux.get("momentum_batch_stats") is not None:
       m["momentum_batch_stats"] = aux["momentum_batch_stats"]
     return state.replace(method_state=m)
+
+
+class PredictorMomentumMethod(MomentumMethod):
+  """A momentum network whose EMA rate rises from `config.momentum` to 1 along a cosine,
+  and a predictor on the online network (BYOL, MoCo v3)."""
+  uses_predictor = True
+
+  def momentum_rate(self, config, step, schedule_steps):
+    return cosine_to_one(config.momentum, step, schedule_steps)
 
 
 def cosine_to_one(start, step, schedule_steps):

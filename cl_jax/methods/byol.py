@@ -7,17 +7,7 @@ from cl_jax.methods import base
 
 
 @base.register("byol")
-class BYOL(base.MomentumMethod):
-  uses_predictor = True
-
-  def check_config(self, config, fail):
-    super().check_config(config, fail)
-    if config.model.projection_dim <= 0:
-      fail("model.projection_dim", config.model.projection_dim,
-           "byol needs a projection head (> 0) for its predictor")
-
-  def momentum_rate(self, config, step, schedule_steps):
-    return base.cosine_to_one(config.momentum, step, schedule_steps)
+class BYOL(base.PredictorMomentumMethod):
 
   def loss(self, params, state, view1, view2, batch, config, axis_name):
     del batch, config

@@ -1,20 +1,10 @@
 """MoCo v2: a momentum (EMA) copy of encoder + head makes the keys; the negatives are a
 queue of earlier keys from the whole global batch."""
 
-import jax
 import jax.numpy as jnp
 
 from cl_jax import losses
 from cl_jax.methods import base
-
-
-def enqueue(queue, queue_next, keys):
-  """Writes `keys` [K, d] into the ring buffer `queue` [Q, d] from row `queue_next`, wrapping
-  past the end; returns (queue, next row). With K > Q only the newest Q keys are kept."""
-  size, count = queue.shape[0], keys.shape[0]
-  dropped = max(count - size, 0)  # static: shapes are known at trace time
-  rows = (queue_next + dropped + jnp.arange(count - dropped)) % size
-  return queue.at[rows].set(keys[dropped:], unique_indices=True), (queue_next + count) % size
 
 
 @base.register("moco")
@@ -22,14 +12,12 @@ class MoCo(base.MomentumMethod):
 
   def check_config(self, config, fail):
     super().check_config(config, fail)
-    if config.queue_size <= 0:
-      fail("queue_size", config.queue_size, "must be a positive integer")
+    base.check_queue_size(config, fail)
 
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     state = super().initial_state(config, params, batch_stats, key, embedding_width)
     # Random unit keys, as MoCo starts: the first queue_size / 2N steps see them.
-    state["queue"] = losses.l2_normalize(
-        jax.random.normal(key, (config.queue_size, embedding_width), jnp.float32))
+    state["queue"] = base.random_unit_queue(key, config.queue_size, embedding_width)
     state["queue_next"] = jnp.zeros((), jnp.int32)
     return state
 
@@ -49,10 +37,8 @@ class MoCo(base.MomentumMethod):
     """The EMA, then the keys of the whole global batch into the queue: all views 1 then all
     views 2 in example order, so its contents do not depend on the device count."""
     state = super().after_step(state, step, aux, config, schedule_steps, axis_name)
-    k1, k2 = jnp.split(aux["keys"], 2)
-    if axis_name is not None:
-      k1 = jax.lax.all_gather(k1, axis_name, tiled=True)
-      k2 = jax.lax.all_gather(k2, axis_name, tiled=True)
+    k1, k2 = (losses.gather(k, axis_name) for k in jnp.split(aux["keys"], 2))
     m = dict(state.method_state)
-    m["queue"], m["queue_next"] = enqueue(m["queue"], m["queue_next"], jnp.concatenate([k1, k2]))
+    m["queue"], m["queue_next"] = base.enqueue(m["queue"], m["queue_next"],
+                                               jnp.concatenate([k1, k2]))
     return state.replace(method_state=m)
