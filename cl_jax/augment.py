@@ -19,8 +19,8 @@ _matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 def affine_matrix(height, width, crop_box, angle, shear=0.0):
   """2x3 matrix mapping output pixel (row, col, 1) to input (row, col).
 
-  The output shows the crop `crop_box = (top, left, crop_h, crop_w)` (in pixel
-  edge coordinates of the input) resized to (height, width), then rotated
+  The output, (height, width) pixels, shows the crop `crop_box = (top, left, crop_h,
+  crop_w)` (in pixel edge coordinates of the input) resized to its size, then rotated
   counter-clockwise by `angle` radians about the image centre (the convention of
   `scipy.ndimage.rotate`), sampled along columns slanted by `shear` radians
   (col_in = col + tan(shear) * row, about the centre). Identity for crop
@@ -40,22 +40,24 @@ def affine_matrix(height, width, crop_box, angle, shear=0.0):
   return jnp.concatenate([linear, offset[:, None]], axis=1)
 
 
-def warp_affine(image, matrix, displacement=None):
-  """Bilinear warp of one image [H, W, C] by `matrix`; samples outside read as 0.
+def warp_affine(image, matrix, displacement=None, out_size=None):
+  """Bilinear warp of one image [H, W, C] by `matrix` into an output of `out_size`
+  (rows, cols; None = the image's); samples outside the image read as 0.
 
-  `displacement` ([H, W, 2] input pixels, optional) is added to the sampling
+  `displacement` ([rows, cols, 2] input pixels, optional) is added to the sampling
   position of each output pixel after the affine map (an elastic distortion).
   """
   height, width, channels = image.shape
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
-  coords = _matmul(matrix, jnp.stack([rows.ravel(), cols.ravel(), jnp.ones(height * width)]))
+  out_h, out_w = out_size or (height, width)
+  rows, cols = jnp.meshgrid(jnp.arange(out_h, dtype=jnp.float32),
+                            jnp.arange(out_w, dtype=jnp.float32), indexing="ij")
+  coords = _matmul(matrix, jnp.stack([rows.ravel(), cols.ravel(), jnp.ones(out_h * out_w)]))
   if displacement is not None:
-    coords = coords + displacement.reshape(height * width, 2).T
+    coords = coords + displacement.reshape(out_h * out_w, 2).T
   row_in, col_in = coords
   row0, col0 = jnp.floor(row_in), jnp.floor(col_in)
   flat = image.reshape(height * width, channels)
-  out = jnp.zeros((height * width, channels), image.dtype)
+  out = jnp.zeros((out_h * out_w, channels), image.dtype)
   for dr in (0, 1):
     for dc in (0, 1):
       r, c = row0 + dr, col0 + dc
@@ -64,7 +66,7 @@ def warp_affine(image, matrix, displacement=None):
       index = jnp.clip(r, 0, height - 1).astype(jnp.int32) * width + jnp.clip(
           c, 0, width - 1).astype(jnp.int32)
       out = out + jnp.where(inside, weight, 0.0)[:, None] * flat[index]
-  return out.reshape(height, width, channels)
+  return out.reshape(out_h, out_w, channels)
 
 
 # torchvision's RandomResizedCrop draws (area, aspect) this many times before it falls back
@@ -259,21 +261,25 @@ def _applies(key, probability):
   return jax.random.uniform(key) < probability
 
 
-def random_view(key, image, config, view=0):
+def random_view(key, image, config, view=0, crop_scale=None, out_size=None):
   """View number `view` (0 or 1: the pairs of `config` are per view) of a uint8 image
-  [H, W, C], as float32 in [0, 1]."""
+  [H, W, C], as float32 in [0, 1]: a crop of an area fraction in `crop_scale` (None:
+  `config.crop_scale`) resized to `out_size` (rows, cols; None: the image's)."""
   height, width, _ = image.shape
+  out_h, out_w = out_size or (height, width)
   k_affine, k_shear, k_elastic = jax.random.split(key, 3)
   crop_box, angle = sample_crop_and_angle(
-      k_affine, height, width, config.crop_scale, config.crop_ratio, config.rotation_degrees)
+      k_affine, height, width, crop_scale or config.crop_scale, config.crop_ratio,
+      config.rotation_degrees)
   shear = jnp.deg2rad(jax.random.uniform(k_shear, minval=-config.shear_degrees,
                                          maxval=config.shear_degrees))
   displacement = None
   if config.elastic_alpha > 0:
-    displacement = elastic_displacement(k_elastic, height, width, config.elastic_alpha,
+    displacement = elastic_displacement(k_elastic, out_h, out_w, config.elastic_alpha,
                                         config.elastic_grid)
   view_image = warp_affine(data.to_float(image),
-                           affine_matrix(height, width, crop_box, angle, shear), displacement)
+                           affine_matrix(out_h, out_w, crop_box, angle, shear), displacement,
+                           (out_h, out_w))
   if config.flip_probability > 0:
     view_image = jnp.where(_applies(op_key(key, "flip"), config.flip_probability),
                            view_image[:, ::-1], view_image)
@@ -290,7 +296,7 @@ def random_view(key, image, config, view=0):
   if config.blur_probability[view] > 0:
     k_apply, k_sigma = jax.random.split(op_key(key, "blur"))
     sigma = jax.random.uniform(k_sigma, minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
-    blurred = gaussian_blur(view_image, sigma, blur_kernel_size(height, width))
+    blurred = gaussian_blur(view_image, sigma, blur_kernel_size(out_h, out_w))
     view_image = jnp.where(_applies(k_apply, config.blur_probability[view]), blurred, view_image)
   if config.solarize_probability[view] > 0:
     view_image = jnp.where(_applies(op_key(key, "solarize"), config.solarize_probability[view]),
@@ -308,3 +314,25 @@ def two_views(images, keys, config):
     key1, key2 = jax.random.split(key)
     return random_view(key1, image, config, 0), random_view(key2, image, config, 1)
   return jax.vmap(views_of)(images, keys)
+
+
+# Multi-crop's local view l of an example draws from fold_in(its key, LOCAL_VIEW_KEYS + l):
+# never from split(key)'s two, so adding local views leaves the global views as they were.
+LOCAL_VIEW_KEYS = 2
+
+
+def local_views(images, keys, config):
+  """Multi-crop's `config.local_crops` local views of each image (DINO's and SwAV's): crops
+  of an area fraction in `local_crop_scale`, resized to `local_crop_size` square (0: the
+  image's size), with the first view's colour settings; [L, n, s, s, C] float32, or None
+  without local crops. Like `two_views`, each depends on its example's key only."""
+  if config.local_crops == 0:
+    return None
+  height, width, _ = images.shape[1:]
+  size = (config.local_crop_size,) * 2 if config.local_crop_size else (height, width)
+
+  def views_of(image, key):
+    return jnp.stack([random_view(jax.random.fold_in(key, LOCAL_VIEW_KEYS + l), image, config,
+                                  0, tuple(config.local_crop_scale), size)
+                      for l in range(config.local_crops)])
+  return jnp.swapaxes(jax.vmap(views_of)(images, keys), 0, 1)

@@ -67,6 +67,12 @@ def check_dataset(config):
       height % config.model.patch_size or width % config.model.patch_size):
     _fail("model.patch_size", config.model.patch_size,
           f"must divide the images' sides ({height}x{width})")
+  local_size = config.augment.local_crop_size
+  if (config.augment.local_crops and local_size and (local_size, local_size) != (height, width)
+      and encoders.get(config.model.encoder).fixed_input_size):
+    _fail("augment.local_crop_size", local_size,
+          f"{config.model.encoder} takes {height}x{width} images only: 0 (the images' size) "
+          "or an encoder that pools (resnet18, resnet50)")
   sizes = info.split_sizes  # known once the dataset is prepared
   if sizes:
     if info.test_split is None:
@@ -159,6 +165,13 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
     if tuple(config.model.predictor_hidden):
       _fail("model.predictor_hidden", tuple(config.model.predictor_hidden),
             f"{config.method} has no predictor")
+  if config.augment.local_crops and not methods.get(config.method).uses_local_views:
+    _fail("augment.local_crops", config.augment.local_crops,
+          f"{config.method} reads two views only (multi-crop: dino, swav)")
+  if methods.get(config.method).uses_prototypes and (
+      not isinstance(config.model.prototypes, int) or config.model.prototypes <= 0):
+    _fail("model.prototypes", config.model.prototypes,
+          f"{config.method} needs a positive number of prototypes")
   fit_sizes = {}
   if config.eval_every_epochs > 0:
     fit_sizes["monitor_bank_size"] = config.monitor_bank_size
@@ -206,6 +219,15 @@ def _check_augment(augment):
   for field in ("crop_scale", "crop_ratio", "blur_sigma"):  # ConfigDict keeps them tuples
     if len(augment[field]) != 2:
       _fail(f"augment.{field}", tuple(augment[field]), "must be a pair (min, max)")
+  if not isinstance(augment.local_crops, int) or augment.local_crops < 0:
+    _fail("augment.local_crops", augment.local_crops, "must be 0 (two views only) or a positive integer")
+  if len(augment.local_crop_scale) != 2 or not 0 < augment.local_crop_scale[0] <= (
+      augment.local_crop_scale[1]) <= 1:
+    _fail("augment.local_crop_scale", tuple(augment.local_crop_scale),
+          "must be a pair (min, max) with 0 < min <= max <= 1")
+  if not isinstance(augment.local_crop_size, int) or augment.local_crop_size < 0:
+    _fail("augment.local_crop_size", augment.local_crop_size,
+          "must be 0 (the images' size) or a positive integer")
   lo, hi = augment.blur_sigma
   if not 0 < lo <= hi:
     _fail("augment.blur_sigma", tuple(augment.blur_sigma), "need 0 < min <= max")

@@ -62,6 +62,14 @@ def get_config():
   config.augment.blur_probability = (0.0, 0.0)
   config.augment.blur_sigma = (0.1, 2.0)  # Range of the blur's standard deviation in pixels.
   config.augment.solarize_probability = (0.0, 0.0)  # Per view: pixels >= 0.5 become 1 - pixel (BYOL).
+  # Multi-crop (dino, swav): this many local views of each image beside the two global ones,
+  # each a crop of an area fraction in local_crop_scale (DINO's 0.05-0.4; the global views'
+  # is crop_scale) resized to local_crop_size square, with view 1's colour settings. An
+  # encoder that flattens (simple_cnn) or has one grid of position embeddings (vit) needs
+  # them at the images' size. 0 = two views only.
+  config.augment.local_crops = 0
+  config.augment.local_crop_scale = (0.05, 0.4)
+  config.augment.local_crop_size = 0  # Side of the local views in pixels; 0 = the images' size.
 
   # Model: encoder (evaluated) and projection head (trained on only).
   config.model = ml_collections.ConfigDict()
@@ -84,6 +92,7 @@ def get_config():
   # The predictor (byol, simsiam, mocov3, nnclr): an MLP from projection_dim to projection_dim.
   config.model.predictor_hidden = ()  # Its hidden sizes; () = projection_hidden's.
   config.model.predictor_norm = "none"  # After each of its hidden layers: "none" or "batch".
+  config.model.prototypes = 1024  # dino, swav: prototypes after the head (DINO's K, SwAV's C); the loss reads their scores.
   # BatchNorm ("batch" above): statistics over the global batch (both views, every device and
   # process) in training; running averages, kept in checkpoints, in evaluation.
   config.model.bn_momentum = 0.9  # Decay of BatchNorm's running averages per step.
@@ -103,13 +112,29 @@ def get_config():
   # "batch_hard" is what triplet runs did before the field existed (so their workdirs
   # resume unchanged); configs/mnist_triplet.py uses "batch_all".
   config.triplet_mining = "batch_hard"
-  config.momentum = 0.99  # EMA rate of moco's key network; byol's and mocov3's starting rate (cosine to 1).
+  config.momentum = 0.99  # EMA rate of moco's key network; byol's, mocov3's and dino's starting rate (cosine to 1).
   # moco: keys in the queue of negatives; nnclr: embeddings in the support set (a ring buffer
   # of earlier view-1 projections; any positive size).
   config.queue_size = 4096
   config.barlow_lambda = 0.0051  # barlow_twins: weight of the off-diagonal terms (the paper's).
   # vicreg: weights of the invariance, variance and covariance terms (the paper's lambda, mu, nu).
   config.vicreg_weights = (25.0, 25.0, 1.0)
+  # dino: the student's and the teacher's softmax temperatures; the teacher's rises linearly
+  # from the first to the second value over dino_teacher_warmup_epochs (0 = the second from
+  # the start), as the paper's (0.04 to 0.07 over 30 of 100 epochs).
+  config.dino_student_temperature = 0.1
+  config.dino_teacher_temperature = (0.04, 0.07)
+  config.dino_teacher_warmup_epochs = 0.0
+  config.dino_centre_momentum = 0.9  # dino: EMA rate of the centre subtracted from the teacher's scores.
+  config.swav_temperature = 0.1  # swav: softmax temperature of the swapped prediction.
+  config.swav_sinkhorn_epsilon = 0.05  # swav: Sinkhorn-Knopp's entropy weight (assignments from exp(scores / epsilon)).
+  config.swav_sinkhorn_iterations = 3  # swav: Sinkhorn-Knopp's row and column scalings.
+  # swav: earlier unit projections per view (a ring buffer of the global batch's) that join
+  # the Sinkhorn assignments from swav_queue_start_epochs on, once full, for batches much
+  # smaller than the prototypes; 0 = no queue.
+  config.swav_queue_size = 0
+  config.swav_queue_start_epochs = 0.0
+  config.swav_freeze_prototypes_epochs = 0.0  # swav: the prototypes get no gradient for this many epochs.
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
   # Stop this invocation at this global step, at most the schedule's end (num_epochs), which

@@ -22,14 +22,17 @@ _RESNET_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _VIT_DENSE_INIT = nn.initializers.normal(0.02)
 
 
-def register(name, uses_custom_kernels=False, uses_patches=False):
+def register(name, uses_custom_kernels=False, uses_patches=False, fixed_input_size=False):
   """Decorator: registers `build(model_config, dtype, kernels, precision) -> nn.Module` as
   `config.model.encoder=name`. `uses_custom_kernels`: it runs `model.kernels="cpu"`;
   `uses_patches`: a ViT, whose heads are one per 64 of width and whose patches of
-  `model.patch_size` must tile the images."""
+  `model.patch_size` must tile the images; `fixed_input_size`: its parameters fit one
+  image size (a flatten into a dense layer, one grid of position embeddings), so every
+  view it sees has the images' size."""
   def decorate(build):
     build.uses_custom_kernels = uses_custom_kernels
     build.uses_patches = uses_patches
+    build.fixed_input_size = fixed_input_size
     REGISTRY[name] = build
     return build
   return decorate
@@ -174,7 +177,7 @@ class ViT(nn.Module):
     return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(x)[:, 0]
 
 
-@register("simple_cnn", uses_custom_kernels=True)
+@register("simple_cnn", uses_custom_kernels=True, fixed_input_size=True)
 def simple_cnn(m, dtype, kernels, precision):
   """The replaced example's SimpleCNN (with the defaults) or any `models.CNNEncoder`."""
   return models.CNNEncoder(conv_features=tuple(m.conv_features),
@@ -215,7 +218,7 @@ def vit_heads(width):
   return max(1, width // 64)
 
 
-register("vit_tiny", uses_patches=True)(_vit(192))
-register("vit_small", uses_patches=True)(_vit(384))
+register("vit_tiny", uses_patches=True, fixed_input_size=True)(_vit(192))
+register("vit_small", uses_patches=True, fixed_input_size=True)(_vit(384))
 
 ENCODERS = tuple(REGISTRY)

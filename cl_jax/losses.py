@@ -248,6 +248,11 @@ def _global_count(n, axis_name):
   return n if axis_name is None else n * jax.lax.axis_size(axis_name)
 
 
+def global_mean(x, axis_name):
+  """The mean of `x`'s rows over the global batch (this device's and every device's)."""
+  return _global_sum(x, axis_name) / _global_count(x.shape[0], axis_name)
+
+
 def _global_standardise(z, axis_name, eps=1e-5):
   """Each column of `z` minus its mean over the global batch, over its (biased) standard
   deviation there: BatchNorm without scale or offset, as Barlow Twins' `bn(z)`."""
@@ -342,3 +347,60 @@ def nearest_neighbours(embeddings, support):
   similarities = jnp.matmul(l2_normalize(embeddings.astype(jnp.float32)), support.T,
                             precision=HIGHEST)
   return support[jnp.argmax(similarities, axis=1)]
+
+
+
+def cross_view_cross_entropy(targets, logits):
+  """mean over pairs (i, v), v != i, of mean_b -sum_k targets[i]_bk log softmax(logits[v])_bk:
+  the targets of each of the first G views [G, n, K] against the predictions of every other
+  view [V, n, K] (DINO's and SwAV's loss; with V > G the extra views are local crops).
+  Per example, so its mean over devices is the global batch's."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  # cross[i, v] = mean_b H(targets[i], softmax(logits[v])).
+  cross = -jnp.einsum("ibk,vbk->iv", targets.astype(jnp.float32), log_probs,
+                      precision=HIGHEST) / logits.shape[1]
+  other = jnp.arange(targets.shape[0])[:, None] != jnp.arange(logits.shape[0])[None, :]
+  return jnp.sum(jnp.where(other, cross, 0.0)) / jnp.sum(other)
+
+
+def dino_cross_entropy(student, teacher, centre, student_temperature, teacher_temperature):
+  """DINO's loss (Caron et al. 2021, Algorithm 1 and eq. 3) over this device's examples:
+
+    mean over pairs (i, v), v != i, of mean_b -sum_k P_t(i)_bk log P_s(v)_bk,
+    P_t(i) = softmax((t_i - centre) / teacher_temperature),  P_s(v) = softmax(s_v / student_temperature),
+
+  `student`: [V, n, K] scores of every view; `teacher`: [G, n, K] scores of the first G
+  (global) views, constants of the step. The centre is the one statistic that spans the
+  batch (`global_mean`)."""
+  targets = jax.nn.softmax((teacher.astype(jnp.float32) - centre) / teacher_temperature, axis=-1)
+  return cross_view_cross_entropy(targets, student.astype(jnp.float32) / student_temperature)
+
+
+def sinkhorn_knopp(scores, epsilon, iterations, axis_name=None, shared_scores=None):
+  """SwAV's assignments (Caron et al. 2020, eq. 3 and Algorithm 1; solo-learn's
+  SinkhornKnopp): Q = exp(scores / epsilon) scaled `iterations` times so that every
+  prototype holds 1/K of the mass and every example 1/B, over all B rows: this device's
+  `scores` [n, K] and every device's (`axis_name`), plus `shared_scores` [Q, K] (SwAV's
+  queue), rows that every device holds alike and that count once. Returns this device's
+  rows of B Q: assignments that sum to 1 per example. In log space, so that neither a
+  small epsilon's exp(1 / epsilon) nor a prototype far from every example over- or
+  underflows."""
+  parts = [scores.astype(jnp.float32) / epsilon]
+  if shared_scores is not None:
+    parts.append(shared_scores.astype(jnp.float32) / epsilon)
+
+  def log_total(parts, axis=None):
+    """log of the sum of exp(parts) over the global rows (this device's psum'd, the shared
+    once), from its maximum there."""
+    top = jnp.max(jnp.stack([jnp.max(part, axis=axis) for part in parts]), axis=0)
+    top = jax.lax.stop_gradient(top if axis_name is None else jax.lax.pmax(top, axis_name))
+    sums = [jnp.sum(jnp.exp(part - top), axis=axis) for part in parts]
+    return top + jnp.log(_psum(sums[0], axis_name) + sum(sums[1:]))
+  count = _global_count(scores.shape[0], axis_name) + sum(p.shape[0] for p in parts[1:])
+  log_prototypes, log_count = jnp.log(scores.shape[1]), jnp.log(count)
+  parts = [part - log_total(parts) for part in parts]
+  for _ in range(iterations):
+    per_prototype = log_total(parts, axis=0)
+    parts = [part - per_prototype - log_prototypes for part in parts]
+    parts = [part - jax.nn.logsumexp(part, axis=1, keepdims=True) - log_count for part in parts]
+  return jnp.exp(parts[0] + log_count)

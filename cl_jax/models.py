@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cl_jax import losses
 from cl_jax import methods
 
 # Below this many input channels a 3x3 conv runs as shifted / im2col matmuls.
@@ -226,12 +227,29 @@ class ProjectionHead(nn.Module):
     return x
 
 
+class Prototypes(nn.Module):
+  """Scores of `count` prototypes: the cosine similarity of each input row with each
+  prototype vector (DINO's last layer, weight-normalised with its norm fixed at 1; SwAV's
+  prototypes, normalised here in every forward pass rather than after every step). In
+  float32 at HIGHEST precision: scores are divided by temperatures of 0.1 and below."""
+  count: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.count))
+    return jnp.matmul(losses.l2_normalize(x.astype(jnp.float32)),
+                      losses.l2_normalize(kernel, axis=0), precision=losses.HIGHEST)
+
+
 class ContrastiveModel(nn.Module):
-  """Encoder, optional projection head and optional predictor (BYOL, SimSiam, MoCo v3, NNCLR).
+  """Encoder, optional projection head, optional predictor (BYOL, SimSiam, MoCo v3, NNCLR)
+  and optional prototypes (DINO, SwAV).
 
   Returns (features, projections), or (features, predictions) with
   `predict=True`, or (features, (projections, predictions)) with `predict="both"`
-  (SimSiam's and NNCLR's losses read both). Features (encoder output) are what evaluation uses;
+  (SimSiam's and NNCLR's losses read both). With prototypes, (features, scores), or
+  (features, (projections, scores)) with `predict="both"` (SwAV's queue keeps
+  projections). Features (encoder output) are what evaluation uses;
   projections (or predictions) feed the loss. Without a head, projections are
   the features. Outputs are float32 whatever the compute dtype, so the loss is
   always computed in float32. `train=True` normalises with the batch's
@@ -241,20 +259,25 @@ class ContrastiveModel(nn.Module):
   encoder: nn.Module
   head: nn.Module | None = None
   predictor: nn.Module | None = None
+  prototypes: nn.Module | None = None  # after the head: projections are prototype scores
 
   def __call__(self, x, predict=False, train=False, axis_name=None):
     features = self.encoder(x, train, axis_name)
     projections = features if self.head is None else self.head(features, train, axis_name)
-    outputs = projections
-    if predict:
+    if self.prototypes is not None:  # DINO, SwAV
+      scores = self.prototypes(projections)
+      outputs = (projections, scores) if predict == "both" else scores
+    elif predict:
       predictions = self.predictor(projections, train, axis_name)
       outputs = (projections, predictions) if predict == "both" else predictions
+    else:
+      outputs = projections
     return features.astype(jnp.float32), jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
 
 
 def create_model(config, backend=None):
   """Builds `config.model`: the encoder `model.encoder` names, the projection head (plus a
-  predictor for methods that use one), with compute dtype `config.dtype`, the kernels
+  predictor or prototypes for methods that use them), with compute dtype `config.dtype`, the kernels
   `config.model.kernels` resolves to on `backend` (None: JAX's default backend) and the
   matmul precision `config.matmul_precision`. The head takes whatever width the encoder
   gives."""
@@ -268,9 +291,11 @@ def create_model(config, backend=None):
     head = ProjectionHead(hidden_features=tuple(m.projection_hidden), out_features=m.projection_dim,
                           norm=m.head_norm, output_norm=m.head_output_norm,
                           bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
-  if methods.get(config.method).uses_predictor:  # projection_dim -> projection_dim
+  method = methods.get(config.method)
+  prototypes = Prototypes(m.prototypes) if method.uses_prototypes else None
+  if method.uses_predictor:  # projection_dim -> projection_dim
     hidden = tuple(m.predictor_hidden) or tuple(m.projection_hidden)
     predictor = ProjectionHead(hidden_features=hidden,
                                out_features=m.projection_dim, norm=m.predictor_norm,
                                bn_momentum=m.bn_momentum, dtype=dtype, precision=precision)
-  return ContrastiveModel(encoder=encoder, head=head, predictor=predictor)
+  return ContrastiveModel(encoder=encoder, head=head, predictor=predictor, prototypes=prototypes)

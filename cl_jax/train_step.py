@@ -150,7 +150,7 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
     rng: the step's key (the same on every device).
     config: the run config (static).
     axis_name: the devices' named axis, or None on a single device.
-    schedule_steps: the schedule's length (BYOL's momentum schedule).
+    schedule_steps: the schedule's length (the momentum and DINO's temperature schedules).
   Returns:
     (new state, {"loss", "grad_norm", "param_norm"} and, with the online probe,
     {"probe_loss", "probe_accuracy"}), identical on every device.
@@ -159,7 +159,9 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
   view1, view2 = augment.two_views(batch["image"], keys, config.augment)
   method = methods.get(config.method)
   loss_fn = functools.partial(method.loss, state=state, view1=view1, view2=view2, batch=batch,
-                              config=config, axis_name=axis_name)
+                              config=config, axis_name=axis_name, schedule_steps=schedule_steps,
+                              local_views=augment.local_views(batch["image"], keys,
+                                                              config.augment))
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     # Equal shards: the mean of per-device means is the global mean.

@@ -26,21 +26,23 @@ def random_image(seed=0, shape=(28, 28, 1)):
   return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
-def crop_resize_numpy(image, top, left, crop_h, crop_w):
-  """Bilinear crop-and-resize, zero outside, written pixel by pixel.
+def crop_resize_numpy(image, top, left, crop_h, crop_w, out_size=None):
+  """Bilinear crop-and-resize to `out_size` (None: the image's), zero outside, written
+  pixel by pixel.
 
-  Output pixel (i, j) has its centre at (i + 0.5, j + 0.5) in output edge
-  coordinates; it samples the input at top + (i + 0.5) * crop_h / H - 0.5 (and
+  Output pixel (i, j) of an (H', W') output has its centre at (i + 0.5, j + 0.5) in output
+  edge coordinates; it samples the input at top + (i + 0.5) * crop_h / H' - 0.5 (and
   likewise for columns) in pixel-centre coordinates.
   """
   height, width = image.shape
+  out_h, out_w = out_size or (height, width)
   padded = np.zeros((height + 2, width + 2))
   padded[1:-1, 1:-1] = image
-  out = np.zeros_like(image, dtype=np.float64)
-  for i in range(height):
-    for j in range(width):
-      y = top + (i + 0.5) * crop_h / height - 0.5
-      x = left + (j + 0.5) * crop_w / width - 0.5
+  out = np.zeros((out_h, out_w))
+  for i in range(out_h):
+    for j in range(out_w):
+      y = top + (i + 0.5) * crop_h / out_h - 0.5
+      x = left + (j + 0.5) * crop_w / out_w - 0.5
       y0, x0 = int(np.floor(y)), int(np.floor(x))
       fy, fx = y - y0, x - x0
       value = 0.0
@@ -80,6 +82,42 @@ def test_crop_resize_matches_numpy(box):
   image = random_image(2)
   got = np.asarray(warp(image, augment.affine_matrix(28, 28, box, 0.0)))[..., 0]
   np.testing.assert_allclose(got, crop_resize_numpy(image[..., 0], *box), atol=1e-5)
+
+
+@pytest.mark.parametrize("box,out_size", [((2.0, 3.0, 9.0, 12.0), (12, 16)),
+                                          ((0.0, 0.0, 28.0, 28.0), (10, 10)),
+                                          ((20.0, 21.0, 8.0, 7.0), (5, 3))])
+def test_crop_resize_to_another_size_matches_numpy(box, out_size):
+  """Multi-crop's local views: a crop resized to a size other than the image's, down and up
+  and at the image's bottom-right corner."""
+  image = random_image(3)
+  got = np.asarray(augment.warp_affine(image, augment.affine_matrix(*out_size, box, 0.0),
+                                       out_size=out_size))[..., 0]
+  np.testing.assert_allclose(got, crop_resize_numpy(image[..., 0], *box, out_size), atol=1e-5)
+
+
+def test_local_views_are_crops_of_their_scale_from_keys_of_their_own():
+  """Each local view is `random_view` at the local crop scale and size from its own key
+  (fold_in(example key, 2 + l)), and on a ramp image (value = column / 100, no rotation,
+  shear or elastic) its slope gives the crop's width: within the local scale's range, far
+  below the global views' crops (0.8-1)."""
+  config = augment_config(scale=(0.8, 1.0), degrees=0.0, shear=0.0, elastic_alpha=0.0,
+                          local_crops=3, local_crop_scale=(0.05, 0.2), local_crop_size=12)
+  cols = np.broadcast_to(np.arange(28, dtype=np.float32), (28, 28))
+  images = np.stack([np.uint8(np.round(cols * 9))[..., None]] * 4)  # 0 to 243
+  keys = jax.random.split(jax.random.key(3), 4)
+  views = np.asarray(jax.jit(lambda i, k: augment.local_views(i, k, config))(images, keys))
+  assert views.shape == (3, 4, 12, 12, 1)
+  for l in range(3):
+    expected = augment.random_view(jax.random.fold_in(keys[1], augment.LOCAL_VIEW_KEYS + l),
+                                   images[1], config, 0, (0.05, 0.2), (12, 12))
+    np.testing.assert_allclose(views[l, 1], expected, atol=1e-6)  # jitted and vmapped: 1 ulp
+  # Away from the crop's edges the ramp's slope per output pixel is (9 / 255) crop_w / 12.
+  widths = (views[:, :, 6, 7, 0] - views[:, :, 6, 5, 0]) / 2 * 12 * 255 / 9
+  areas = widths ** 2 / 784  # crop_h ~ crop_w: aspect within 3/4-4/3
+  assert np.all(areas < 0.2 * 4 / 3 + 1e-3) and np.all(areas > 0.05 * 3 / 4 - 1e-3), areas
+  assert np.ptp(areas) > 0.01  # drawn, not one fixed crop
+  assert augment.local_views(images, keys, augment_config()) is None  # off by default
 
 
 def torchvision_crop_params(rng, height, width, scale, ratio):

@@ -432,15 +432,17 @@ def test_moco_second_step_wraps_the_queue(moco_one_device):
 # Each method's own state, by the checkpoint keys it adds (the others have none).
 METHOD_STATE_KEYS = {"moco": ("momentum_params", "queue", "queue_next"),
                      "byol": ("momentum_params",), "mocov3": ("momentum_params",),
-                     "nnclr": ("support_set", "support_next")}
+                     "nnclr": ("support_set", "support_next"),
+                     "dino": ("momentum_params", "centre"), "swav": ("queue", "queue_next")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol", "supcon", "triplet", "margin", "mocov3",
-                                    "nnclr"])
+                                    "nnclr", "dino", "swav"])
 def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   overrides = dict(method=method, max_train_examples=2048, batch_size=64, max_steps=32,
-                   log_every_steps=8, checkpoint_every_steps=16, num_devices=2, queue_size=256)
+                   log_every_steps=8, checkpoint_every_steps=16, num_devices=2, queue_size=256,
+                   swav_queue_size=256)
   workdir = str(tmp_path / method)
   results = trainer.train_and_evaluate(quick_config(mnist_data_dir, **overrides), workdir)
   assert np.all(np.isfinite([m["loss"] for m in read_metrics(workdir)]))
@@ -448,9 +450,9 @@ def test_short_run_checkpoints_its_state(mnist_data_dir, tmp_path, method):
   every_state_key = {key for keys in METHOD_STATE_KEYS.values() for key in keys}
   assert every_state_key & set(tree) == set(METHOD_STATE_KEYS.get(method, ()))
   assert set(tree["online_probe"]) == {"params", "opt_state", "start_step"}  # every method has one
-  if method in ("moco", "nnclr"):
-    # Stopped at 16 and resumed: the queue or support set, the key network and the probe
-    # come back bit for bit.
+  if method in ("moco", "nnclr", "dino", "swav"):
+    # Stopped at 16 and resumed: the queue or support set, the key network or teacher, the
+    # centre and the probe come back bit for bit.
     resumed_dir = str(tmp_path / "resumed")
     trainer.train_and_evaluate(quick_config(mnist_data_dir, **{**overrides, "max_steps": 16}),
                                resumed_dir)
@@ -476,8 +478,10 @@ def encoder_knn(config, variables, train, test):
 # SimCLR at its config's temperature 1.0 starts slower than at 0.5: 128 steps 90.7%
 # (0.5: 93.0%), 512 steps 96.7%.
 # Barlow Twins and SimSiam too: 128 steps left Barlow Twins at 91.4% against 90.9% at
-# initialisation and SimSiam at 89.9% (both above 98% after 5 epochs).
-QUALITY_EXAMPLES = {"byol": 8192, "simclr": 8192, "barlow_twins": 8192, "simsiam": 8192}
+# initialisation and SimSiam at 89.9% (both above 98% after 5 epochs); DINO at 90.5% and
+# SwAV at 90.7% against 90.9% (their teacher temperature and queue start after an epoch).
+QUALITY_EXAMPLES = {"byol": 8192, "simclr": 8192, "barlow_twins": 8192, "simsiam": 8192,
+                    "dino": 8192, "swav": 8192}
 
 
 @pytest.mark.long  # ~1 min per method, ~4 for those of QUALITY_EXAMPLES

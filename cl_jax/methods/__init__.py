@@ -21,6 +21,8 @@ from cl_jax.methods import vicreg  # pylint: disable=unused-import
 from cl_jax.methods import simsiam  # pylint: disable=unused-import
 from cl_jax.methods import mocov3  # pylint: disable=unused-import
 from cl_jax.methods import nnclr  # pylint: disable=unused-import
+from cl_jax.methods import dino  # pylint: disable=unused-import
+from cl_jax.methods import swav  # pylint: disable=unused-import
 
 METHODS = tuple(base.REGISTRY)
 

@@ -46,6 +46,8 @@ class Method:
   name = None
   uses_predictor = False  # the model gets a predictor after the projection head (model.predictor_*)
   uses_labels = False  # the loss reads class labels: pre-training leaves the validation split out
+  uses_prototypes = False  # the head ends in prototypes (model.prototypes): its outputs are scores
+  uses_local_views = False  # the loss reads multi-crop's local views (augment.local_crops)
 
   def check_config(self, config, fail):
     """Checks the fields this method reads; `fail(field, value, message)` raises."""
@@ -57,8 +59,11 @@ class Method:
     del config, params, batch_stats, key, embedding_width
     return None
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    """This device's loss, differentiated with respect to `params` only. Returns (loss, aux):
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    """This device's loss, differentiated with respect to `params` only (`schedule_steps`:
+    the run's length in steps, for schedules within the loss; `local_views`: multi-crop's
+    [L, n, s, s, C] views, or None, always None unless `uses_local_views`). Returns (loss, aux):
     aux["batch_stats"] is the online network's updated BatchNorm averages (None without
     BN) and aux["features"] its encoder's features of both views (`forward_views`'s, read
     by the online probe); other aux keys are the method's own, read by `after_step`."""
@@ -70,26 +75,43 @@ class Method:
     return state
 
 
-def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=False):
-  """Both views through the network in one training-mode pass; returns (outputs of view 1,
-  of view 2, updated BatchNorm averages or None, the encoder's features of views 1 then 2
-  as constants: what the online probe trains on). The outputs are the projections, the
-  predictions with `predict=True`, or (projections, predictions) with `predict="both"`.
-  With BN, the statistics are over both views of the global batch (all devices of
+def forward(state, params, batch_stats, images, axis_name, predict=False):
+  """`images` through the network in one training-mode pass: (the encoder's features, the
+  outputs `ContrastiveModel` gives for `predict`, updated BatchNorm averages or None). With
+  BN, the statistics are over this pass's images of the global batch (all devices of
   `axis_name`), as SimCLR's global BN."""
-  images = jnp.concatenate([view1, view2])
   if batch_stats is None:
     features, outputs = state.apply_fn({"params": params}, images, predict=predict,
                                        train=True, axis_name=axis_name)
-    new_stats = None
-  else:
-    (features, outputs), updates = state.apply_fn(
-        {"params": params, "batch_stats": batch_stats}, images, predict=predict, train=True,
-        axis_name=axis_name, mutable=["batch_stats"])
-    new_stats = updates["batch_stats"]
+    return features, outputs, None
+  (features, outputs), updates = state.apply_fn(
+      {"params": params, "batch_stats": batch_stats}, images, predict=predict, train=True,
+      axis_name=axis_name, mutable=["batch_stats"])
+  return features, outputs, updates["batch_stats"]
+
+
+def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=False):
+  """Both views through the network in one training-mode pass (`forward`); returns (outputs
+  of view 1, of view 2, updated BatchNorm averages or None, the encoder's features of views
+  1 then 2 as constants: what the online probe trains on). The outputs are the
+  projections, the predictions with `predict=True`, or (projections, predictions) with
+  `predict="both"`. BN's statistics are over both views."""
+  features, outputs, new_stats = forward(state, params, batch_stats,
+                                         jnp.concatenate([view1, view2]), axis_name, predict)
   n = view1.shape[0]
   out1, out2 = jax.tree.map(lambda x: x[:n], outputs), jax.tree.map(lambda x: x[n:], outputs)
   return out1, out2, new_stats, jax.lax.stop_gradient(features)
+
+
+def forward_local_views(state, params, batch_stats, local_views, axis_name):
+  """Multi-crop's local views [L, n, ...] through the network in one training-mode pass of
+  their own (they may be smaller than the global views: DINO's multi-crop wrapper runs each
+  resolution apart); returns their outputs [L, n, ...]. BN normalises with these views'
+  statistics; the running averages keep the global views' pass, not this one's."""
+  count, n = local_views.shape[:2]
+  _, outputs, _ = forward(state, params, batch_stats,
+                          local_views.reshape((count * n,) + local_views.shape[2:]), axis_name)
+  return outputs.reshape((count, n) + outputs.shape[1:])
 
 
 class PairwiseMethod(Method):
@@ -98,7 +120,9 @@ class PairwiseMethod(Method):
   def pairwise(self, z1, z2, batch, config, axis_name):
     raise NotImplementedError
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del schedule_steps, local_views
     z1, z2, batch_stats, features = forward_views(state, params, state.batch_stats, view1,
                                                   view2, axis_name)
     return self.pairwise(z1, z2, batch, config, axis_name), {"batch_stats": batch_stats,
@@ -146,13 +170,18 @@ class MomentumMethod(Method):
     return state.replace(method_state=m)
 
 
-class PredictorMomentumMethod(MomentumMethod):
-  """A momentum network whose EMA rate rises from `config.momentum` to 1 along a cosine,
-  and a predictor on the online network (BYOL, MoCo v3)."""
-  uses_predictor = True
+class CosineMomentumMethod(MomentumMethod):
+  """A momentum network whose EMA rate rises from `config.momentum` to 1 along a cosine
+  (BYOL's schedule; MoCo v3's and DINO's too)."""
 
   def momentum_rate(self, config, step, schedule_steps):
     return cosine_to_one(config.momentum, step, schedule_steps)
+
+
+class PredictorMomentumMethod(CosineMomentumMethod):
+  """The cosine-scheduled momentum network and a predictor on the online network (BYOL,
+  MoCo v3)."""
+  uses_predictor = True
 
 
 def cosine_to_one(start, step, schedule_steps):

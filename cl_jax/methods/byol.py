@@ -9,8 +9,9 @@ from cl_jax.methods import base
 @base.register("byol")
 class BYOL(base.PredictorMomentumMethod):
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    del batch, config
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del batch, config, schedule_steps, local_views
     p1, p2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
                                                        view2, axis_name, predict=True)
     t1, t2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)

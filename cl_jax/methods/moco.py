@@ -21,8 +21,9 @@ class MoCo(base.MomentumMethod):
     state["queue_next"] = jnp.zeros((), jnp.int32)
     return state
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    del batch
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del batch, schedule_steps, local_views
     z1, z2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
                                                        view2, axis_name)
     k1, k2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)

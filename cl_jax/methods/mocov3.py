@@ -11,8 +11,9 @@ from cl_jax.methods import base
 @base.register("mocov3")
 class MoCoV3(base.PredictorMomentumMethod):
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    del batch
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del batch, schedule_steps, local_views
     q1, q2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
                                                        view2, axis_name, predict=True)
     k1, k2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)

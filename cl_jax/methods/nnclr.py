@@ -23,8 +23,9 @@ class NNCLR(base.Method):
     return {"support_set": base.random_unit_queue(key, config.queue_size, embedding_width),
             "support_next": jnp.zeros((), jnp.int32)}
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    del batch
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del batch, schedule_steps, local_views
     (z1, p1), (z2, p2), batch_stats, features = base.forward_views(
         state, params, state.batch_stats, view1, view2, axis_name, predict="both")
     support = state.method_state["support_set"]

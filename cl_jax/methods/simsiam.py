@@ -12,8 +12,9 @@ from cl_jax.methods import base
 class SimSiam(base.Method):
   uses_predictor = True
 
-  def loss(self, params, state, view1, view2, batch, config, axis_name):
-    del batch, config
+  def loss(self, params, state, view1, view2, batch, config, axis_name,
+           schedule_steps, local_views):
+    del batch, config, schedule_steps, local_views
     (z1, p1), (z2, p2), batch_stats, features = base.forward_views(
         state, params, state.batch_stats, view1, view2, axis_name, predict="both")
     z1, z2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
