@@ -8,6 +8,8 @@ assignments are constants, the prototypes are frozen for the first epochs, and t
 (`augment.local_crops`) each global view's assignments are also predicted from every local
 view's scores; only the global views are assigned."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -73,22 +75,23 @@ class SwAV(base.Method):
         params, state.step < config.swav_freeze_prototypes_epochs * steps_per_epoch)
     (z1, p1), (z2, p2), batch_stats, features = base.forward_views(
         state, trained, state.batch_stats, view1, view2, axis_name, predict="both")
+    sinkhorn = functools.partial(losses.sinkhorn_knopp, epsilon=config.swav_sinkhorn_epsilon,
+                                 iterations=config.swav_sinkhorn_iterations, axis_name=axis_name)
     assignments = []
     for view, view_scores in enumerate((p1, p2)):
       view_scores = jax.lax.stop_gradient(view_scores)
-      q = losses.sinkhorn_knopp(view_scores, config.swav_sinkhorn_epsilon,
-                                config.swav_sinkhorn_iterations, axis_name)
-      if state.method_state is not None:
-        # The queue scored by the current prototypes, as the paper's code does.
-        queue_scores = state.apply_fn({"params": jax.lax.stop_gradient(params)},
-                                      state.method_state["queue"][view],
-                                      method=_prototype_scores)
-        with_queue = losses.sinkhorn_knopp(view_scores, config.swav_sinkhorn_epsilon,
-                                           config.swav_sinkhorn_iterations, axis_name,
-                                           shared_scores=queue_scores)
-        q = jnp.where(state.step >= self.queue_start_step(config, steps_per_epoch, p1.shape[0],
-                                                         axis_name), with_queue, q)
-      assignments.append(q)
+      if state.method_state is None:
+        assignments.append(sinkhorn(view_scores))
+        continue
+      # The queue scored by the current prototypes, as the paper's code does. One Sinkhorn
+      # a step, with or without the queue (the same branch on every device: the step is
+      # replicated, so the collectives inside match).
+      queue_scores = state.apply_fn({"params": jax.lax.stop_gradient(params)},
+                                    state.method_state["queue"][view], method=_prototype_scores)
+      assignments.append(jax.lax.cond(
+          state.step >= self.queue_start_step(config, steps_per_epoch, p1.shape[0], axis_name),
+          lambda s, q: sinkhorn(s, shared_scores=q), lambda s, q: sinkhorn(s),
+          view_scores, queue_scores))
     scores = jnp.stack([p1, p2])
     if local_views is not None:  # predicted from, never assigned
       scores = jnp.concatenate([scores, base.forward_local_views(
