@@ -126,6 +126,7 @@ def get_config():
   config.dino_teacher_temperature = (0.04, 0.07)
   config.dino_teacher_warmup_epochs = 0.0
   config.dino_centre_momentum = 0.9  # dino: EMA rate of the centre subtracted from the teacher's scores.
+  config.dino_freeze_prototypes_epochs = 0.0  # dino: the optimizer leaves the student's prototypes (its last layer) as they are for this many epochs (the paper's freeze_last_layer: 1 for ViTs).
   config.swav_temperature = 0.1  # swav: softmax temperature of the swapped prediction.
   config.swav_sinkhorn_epsilon = 0.05  # swav: Sinkhorn-Knopp's entropy weight (assignments from exp(scores / epsilon)).
   config.swav_sinkhorn_iterations = 3  # swav: Sinkhorn-Knopp's row and column scalings.
@@ -134,7 +135,7 @@ def get_config():
   # smaller than the prototypes; 0 = no queue.
   config.swav_queue_size = 0
   config.swav_queue_start_epochs = 0.0
-  config.swav_freeze_prototypes_epochs = 0.0  # swav: the prototypes get no gradient for this many epochs.
+  config.swav_freeze_prototypes_epochs = 0.0  # swav: the optimizer leaves the prototypes (and their state) as they are for this many epochs.
   config.batch_size = 128  # Global batch (images; each gives two views); must divide by the device count.
   config.num_epochs = 10  # Passes over the training set (last partial batch dropped).
   # Stop this invocation at this global step, at most the schedule's end (num_epochs), which

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from sklearn.neighbors import KNeighborsClassifier
 from tqdm.auto import tqdm
 
 from cl_jax import data
@@ -54,11 +53,34 @@ def normalize_rows(x):
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):
-  """k-NN accuracy with scikit-learn (uniform votes; ties go to the smallest label).
+# Candidates the device ranks beyond k, which the host then orders exactly.
+KNN_EXTRA_CANDIDATES = 10
+# Unit roundoff of float32: bounds the device's rounding of a score.
+_FLOAT32_ROUNDOFF = 2.0 ** -24
 
-  `metric="cosine"` ranks by cosine similarity (euclidean on L2-normalised rows,
-  which orders neighbours the same way).
+
+@functools.partial(jax.jit, static_argnums=2)
+def _euclidean_candidates(bank, queries, count):
+  """The `count` bank rows with the highest 2 q.b - ||b||^2 (the smallest distance
+  ||q - b||^2 but for ||q||^2, the same for every row of one query), and those scores."""
+  # One matmul of [2q, -1] with [b, ||b||^2]: no second pass over the scores.
+  bank = jnp.concatenate([bank, jnp.sum(bank * bank, axis=1, keepdims=True)], axis=1)
+  queries = jnp.concatenate([2 * queries, -jnp.ones((len(queries), 1), queries.dtype)], axis=1)
+  return jax.lax.top_k(jnp.matmul(queries, bank.T, precision=losses.HIGHEST), count)
+
+
+def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
+  """scikit-learn's k-NN predictions (brute force, uniform votes), computed on device.
+
+  The device ranks the fit rows in float32 and keeps `k + KNN_EXTRA_CANDIDATES`
+  candidates per query; the host orders those by their exact float64 distance (ties to
+  the lower row, as scikit-learn's) and votes (ties between classes to the smallest
+  label). Where float32 rounding could have left a nearer row out (the k-th distance is
+  within the rounding bound of the last candidate's), that query is ranked in float64
+  against every row on the host. `metric="cosine"`: euclidean on L2-normalised rows,
+  which orders neighbours as cosine similarity does. `chunk`: queries per device call
+  (padded: one compilation); by default as many as keep the host's float64 candidate
+  rows within 64 MiB and the device's scores within 512 MiB.
   """
   if k > len(fit_x):
     raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
@@ -66,9 +88,43 @@ def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):
     fit_x, query_x = normalize_rows(fit_x), normalize_rows(query_x)
   elif metric != "euclidean":
     raise ValueError(f"metric={metric!r}; allowed: euclidean, cosine")
-  classifier = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1)
-  classifier.fit(fit_x, fit_y)
-  return float(np.mean(classifier.predict(query_x) == query_y))
+  fit_x = np.asarray(fit_x, np.float32)
+  query_x = np.asarray(query_x, np.float32)
+  fit_y = np.asarray(fit_y)
+  count = min(len(fit_x), k + KNN_EXTRA_CANDIDATES)
+  chunk = chunk or max(1, min(len(query_x), 2**23 // (count * fit_x.shape[1]),
+                              2**27 // len(fit_x)))
+  bank = jnp.asarray(fit_x)
+  bank_norm = float(np.sqrt(np.max(np.sum(fit_x.astype(np.float64) ** 2, axis=1))))
+  # |device score - exact score| <= 2 (dim + 1) u (|q| + max |b|)^2: the worst case of a
+  # float32 dot product of length dim + 1 and of the norms; twice that is the bound used.
+  roundoff = 4 * (fit_x.shape[1] + 1) * _FLOAT32_ROUNDOFF
+  labels = np.empty(len(query_x), fit_y.dtype)
+  for start in range(0, len(query_x), chunk):
+    queries = query_x[start:start + chunk]
+    padded = np.pad(queries, ((0, chunk - len(queries)), (0, 0)))
+    scores, candidates = jax.device_get(_euclidean_candidates(bank, jnp.asarray(padded), count))
+    scores, candidates = scores[:len(queries)], candidates[:len(queries)]
+    queries64 = queries.astype(np.float64)
+    distances = np.einsum("qcd,qcd->qc", *(2 * [fit_x[candidates] - queries64[:, None, :]]))
+    order = np.lexsort((candidates, distances), axis=1)
+    neighbours = np.take_along_axis(candidates, order, axis=1)[:, :k]
+    kth = np.take_along_axis(distances, order, axis=1)[:, k - 1]
+    sq_norms = np.sum(queries64 ** 2, axis=1)
+    # Every row the device left out scores at most the last candidate's score plus the
+    # rounding bound: its distance is at least this.
+    left_out = sq_norms - scores[:, -1] - roundoff * (np.sqrt(sq_norms) + bank_norm) ** 2
+    for row in np.flatnonzero((kth >= left_out) & (count < len(fit_x))):
+      exact = np.sum((fit_x - queries64[row]) ** 2, axis=1)
+      neighbours[row] = np.lexsort((np.arange(len(fit_x)), exact))[:k]
+    votes = (fit_y[neighbours][..., None] == np.arange(fit_y.max() + 1)).sum(axis=1)
+    labels[start:start + len(queries)] = np.argmax(votes, axis=1)  # ties: smallest label
+  return labels
+
+
+def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):
+  """Accuracy of `knn_predict` (scikit-learn's k-NN, on device)."""
+  return float(np.mean(knn_predict(fit_x, fit_y, query_x, k, metric) == query_y))
 
 
 def knn_report(train_x, train_y, test_x, test_y, k=5):
@@ -102,31 +158,46 @@ def knn_predict_cosine(bank, bank_labels, queries, k, num_classes):
   return jnp.argmax(votes, axis=1)  # argmax returns the first (smallest) of tied maxima
 
 
+def _weighted_votes(similarities, neighbours, bank_labels, temperature, num_classes):
+  """Votes [queries, num_classes] of `neighbours` (bank rows) for their labels, each
+  weighted exp(similarity / temperature)."""
+  # exp((s - 1) / T): exp(s / T) times one constant, which votes the same and cannot
+  # overflow (float32's exp(s / T) does for T below 0.0113).
+  weights = jnp.exp((similarities - 1.0) / temperature)
+  return (jax.nn.one_hot(bank_labels[neighbours], num_classes) * weights[..., None]).sum(axis=1)
+
+
 def weighted_knn_scores(bank, bank_labels, queries, k, temperature, num_classes):
   """InstDisc's weighted k-NN votes (Wu et al. 2018, section 3.4), jax arrays in and out:
   the k bank rows most cosine-similar to each query vote for their labels with weight
   exp(similarity / temperature). Returns the votes [queries, num_classes]. Neighbours tied
   in similarity are taken lower bank index first (lax.top_k)."""
-  top, neighbours = _cosine_neighbours(bank, queries, k)
-  # exp((s - 1) / T): exp(s / T) times one constant, which votes the same and cannot
-  # overflow (float32's exp(s / T) does for T below 0.0113).
-  weights = jnp.exp((top - 1.0) / temperature)
-  return (jax.nn.one_hot(bank_labels[neighbours], num_classes) * weights[..., None]).sum(axis=1)
+  return _weighted_votes(*_cosine_neighbours(bank, queries, k), bank_labels, temperature,
+                         num_classes)
+
+
+_top_cosine_neighbours = jax.jit(_cosine_neighbours, static_argnums=2)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _weighted_knn_chunk(bank, bank_labels, queries, k, temperature, num_classes):
-  return jnp.argmax(weighted_knn_scores(bank, bank_labels, queries, k, temperature,
-                                        num_classes), axis=1)
+def _weighted_predictions(similarities, neighbours, bank_labels, ks, temperature, num_classes):
+  """The weighted k-NN's predictions at each of `ks` from one ranking of max(ks) rows (the
+  first k of them are the k most similar). A jit of its own: slices of lax.top_k's output
+  in the same program make XLA:CPU sort every row in full instead (100x slower here)."""
+  return tuple(jnp.argmax(_weighted_votes(similarities[:, :k], neighbours[:, :k],
+                                          bank_labels, temperature, num_classes), axis=1)
+               for k in ks)
 
 
-def weighted_knn_accuracy(fit_x, fit_y, query_x, query_y, k=200, temperature=0.1,
-                          chunk=500):
-  """Accuracy of the weighted k-NN (`weighted_knn_scores`) that solo-learn, lightly and
-  VISSL report (k = 200 or 20, temperature 0.1 or 0.07), on device, `chunk` queries at a
-  time (padded: one compilation); class-vote ties go to the smallest label."""
-  if k > len(fit_x):
-    raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
+def weighted_knn_accuracies(fit_x, fit_y, query_x, query_y, ks=(200,), temperature=0.1,
+                            chunk=500):
+  """{k: accuracy} of the weighted k-NN (`weighted_knn_scores`) that solo-learn, lightly
+  and VISSL report (k = 200 or 20, temperature 0.1 or 0.07) at each of `ks`, on device,
+  `chunk` queries at a time (padded: one compilation); class-vote ties go to the smallest
+  label."""
+  ks = tuple(ks)
+  if max(ks) > len(fit_x):
+    raise ValueError(f"k={max(ks)} is larger than the {len(fit_x)} examples the k-NN is fit on")
   num_classes = int(max(fit_y.max(), query_y.max())) + 1
   bank, bank_labels = jnp.asarray(fit_x, jnp.float32), jnp.asarray(fit_y, jnp.int32)
   predictions = []
@@ -134,10 +205,12 @@ def weighted_knn_accuracy(fit_x, fit_y, query_x, query_y, k=200, temperature=0.1
     queries = query_x[start:start + chunk]
     count = len(queries)
     queries = np.pad(queries, ((0, chunk - count), (0, 0)))
-    predictions.append(np.asarray(_weighted_knn_chunk(
-        bank, bank_labels, jnp.asarray(queries, jnp.float32), k, float(temperature),
-        num_classes))[:count])
-  return float(np.mean(np.concatenate(predictions) == query_y))
+    similarities, neighbours = _top_cosine_neighbours(bank, jnp.asarray(queries, jnp.float32),
+                                                      max(ks))
+    predictions.append(np.stack(jax.device_get(_weighted_predictions(
+        similarities, neighbours, bank_labels, ks, float(temperature), num_classes)))[:, :count])
+  correct = np.concatenate(predictions, axis=1) == query_y
+  return {k: float(np.mean(row)) for k, row in zip(ks, correct)}
 
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes=10, l2=1e-4,

@@ -93,13 +93,17 @@ def embedding_metrics(train_x, train_y, test_x, test_y, config):
   def weighted(name, fit_x, fit_y, query_x, query_y):
     """The weighted k-NN at each of config.weighted_knn_k as metrics[name + str(k)], but
     for a k above the fit set's size (a small dataset): left out, with a warning."""
+    ks = []
     for k in config.weighted_knn_k:
       if k > len(fit_x):
         logging.warning("%s%d left out: k is larger than the %d images it would fit on",
                         name, k, len(fit_x))
-        continue
-      metrics[f"{name}{k}"] = evaluation.weighted_knn_accuracy(
-          fit_x, fit_y, query_x, query_y, k, config.weighted_knn_temperature)
+      else:
+        ks.append(k)
+    if ks:
+      accuracies = evaluation.weighted_knn_accuracies(fit_x, fit_y, query_x, query_y, ks,
+                                                      config.weighted_knn_temperature)
+      metrics.update({f"{name}{k}": accuracy for k, accuracy in accuracies.items()})
 
   metrics = evaluation.knn_report(limit(train_x), limit(train_y), test_x, test_y, config.knn_k)
   weighted("weighted_knn", limit(train_x), limit(train_y), test_x, test_y)
@@ -153,28 +157,53 @@ def evaluation_code_version():
   return digest.hexdigest()
 
 
-def raw_pixel_metrics(train, test, config):
-  """The same metrics on raw pixels, computed once per data, settings and code, then cached.
+def cached_metrics(name, identity, train, test, config, compute):
+  """`compute()` (a baseline's metrics) once per representation, data, settings and code,
+  then read from the cache.
 
-  The cache is keyed by the data's fingerprint (not the dataset's name), the settings the
-  metrics read (k, the validation split, the fit limit) and the evaluation code's digest,
-  so two copies of a dataset that differ in content or order never share an entry, and a
-  changed protocol or a fixed metric computes its baseline anew.
+  The key is `identity` (what names the representation beyond `name`), the data's
+  fingerprints (not the dataset's name), the settings the metrics read (k, the validation
+  split, the fit limit, the weighted k-NN) and the evaluation code's digest, so two copies
+  of a dataset that differ in content or order never share an entry, and a changed
+  protocol or a fixed metric computes its baseline anew.
   """
   settings = (f"k={config.knn_k};validation={config.validation_examples};"
               f"fit={config.eval_train_examples};weighted={tuple(config.weighted_knn_k)},"
               f"{config.weighted_knn_temperature};code={evaluation_code_version()}")
-  key = hashlib.sha256((train.fingerprint() + test.fingerprint() + settings).encode())
-  name = f"raw_pixels_{config.dataset}_k{config.knn_k}_{key.hexdigest()[:16]}.json"
-  path = os.path.join(cache_dir(config), name)
+  key = hashlib.sha256((identity + train.fingerprint() + test.fingerprint() + settings).encode())
+  path = os.path.join(cache_dir(config),
+                      f"{name}_{config.dataset}_k{config.knn_k}_{key.hexdigest()[:16]}.json")
   cached = read_json(path)
   if cached:
     return cached
-  flat = lambda split: data.to_float(split.images).reshape(len(split), -1)
-  metrics = embedding_metrics(flat(train), train.labels, flat(test), test.labels, config)
+  metrics = compute()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   write_json(path, metrics)
   return metrics
+
+
+def raw_pixel_metrics(train, test, config):
+  """The metrics on raw pixels, computed once per data, settings and code (`cached_metrics`)."""
+  flat = lambda split: data.to_float(split.images).reshape(len(split), -1)
+  return cached_metrics("raw_pixels", "", train, test, config, lambda: embedding_metrics(
+      flat(train), train.labels, flat(test), test.labels, config))
+
+
+# The random-initialisation cache names an encoder by its features of this many images.
+IDENTITY_IMAGES = 256
+
+
+def random_init_metrics(train, test, config, embed_initial):
+  """The metrics of the encoder at its random initialisation (`embed_initial(images)`
+  gives its features), computed once per encoder, data, settings and code
+  (`cached_metrics`). The encoder is named by the bytes of its features of the first
+  IDENTITY_IMAGES training images: another seed, architecture, dtype or forward pass
+  gives other bytes, so its own entry."""
+  identity = hashlib.sha256(np.ascontiguousarray(
+      embed_initial(train.images[:IDENTITY_IMAGES])).tobytes()).hexdigest()
+  return cached_metrics("random_init", identity, train, test, config, lambda: embedding_metrics(
+      embed_initial(train.images), train.labels, embed_initial(test.images), test.labels,
+      config))
 
 
 def restore_variables(workdir):
@@ -420,9 +449,8 @@ def _evaluate_on_this_process(config, workdir, step, variables, probe, devices,
   results["weighted_knn_k"] = list(config.weighted_knn_k)
   # What training bought: the same metrics of the encoder as it started.
   initial = random_init_variables(config, model, train.images.shape[1:])
-  results["random_init"] = embedding_metrics(embed_with(initial, train.images)[0], train.labels,
-                                             embed_with(initial, test.images)[0], test.labels,
-                                             config)
+  results["random_init"] = random_init_metrics(
+      train, test, config, lambda images: embed_with(initial, images)[0])
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
   results["knn_k"] = config.knn_k

@@ -1,7 +1,7 @@
 """Train state, optimizer and the per-device train step shared by every method."""
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,18 +56,41 @@ def clipped_lars_scaling(eta, weight_decay, schedule):
   return optax.GradientTransformation(init, update)
 
 
-def create_optimizer(config, steps_per_epoch, schedule_steps):
-  """Adam, AdamW, SGD or LARS (momentum 0.9) with an optional linear warm-up and a cosine
-  decay to 0 at `schedule_steps`."""
+class FrozenForState(NamedTuple):
+  count: jax.Array  # updates seen, frozen ones included
+  inner: Any  # the wrapped optimizer's state, untouched while frozen
+
+
+def frozen_for(inner, steps):
+  """`inner`, but its first `steps` updates are zeros and leave its state as it was: the
+  parameters stay as they are, as if they had no gradient (PyTorch's `p.grad = None`, which
+  SwAV's and solo-learn's code use), so neither weight decay nor momentum moves them and
+  Adam's moments and bias correction start when they do."""
+  def init(params):
+    return FrozenForState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    frozen = state.count < steps
+    updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+    kept = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state.inner, new_inner)
+    return updates, FrozenForState(count=optax.safe_increment(state.count), inner=kept)
+  return optax.GradientTransformation(init, update)
+
+
+def learning_rate_schedule(config, steps_per_epoch, schedule_steps):
+  """An optional linear warm-up, then a cosine decay to 0 at `schedule_steps` (or constant)."""
   warmup_steps = int(config.warmup_epochs * steps_per_epoch)
   peak = peak_learning_rate(config)
   if config.lr_schedule == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup_steps, max(schedule_steps, warmup_steps + 1))
-  elif warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, peak, warmup_steps)
-  else:
-    schedule = peak
+  if warmup_steps > 0:
+    return optax.linear_schedule(0.0, peak, warmup_steps)
+  return peak
+
+
+def _optimizer(config, schedule):
   if config.optimizer == "adamw":
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decays)
   if config.optimizer == "sgd":
@@ -81,6 +104,24 @@ def create_optimizer(config, steps_per_epoch, schedule_steps):
                       trust_coefficient=config.lars_trust_coefficient, trust_ratio_mask=decays,
                       momentum=0.9)
   return optax.adam(schedule)
+
+
+def create_optimizer(config, steps_per_epoch, schedule_steps):
+  """Adam, AdamW, SGD or LARS (momentum 0.9) on `learning_rate_schedule`; the parameters
+  the method freezes (`Method.frozen_parameters`) get their own copy of it, `frozen_for`
+  their first steps, whose schedule runs `steps` ahead so that both follow the run's
+  step."""
+  schedule = learning_rate_schedule(config, steps_per_epoch, schedule_steps)
+  frozen = methods.get(config.method).frozen_parameters(config, schedule_steps)
+  if frozen is None:
+    return _optimizer(config, schedule)
+  name, steps = frozen
+  ahead = (lambda count: schedule(count + steps)) if callable(schedule) else schedule
+  labels = lambda params: {
+      key: jax.tree.map(lambda _, key=key: "frozen" if key == name else "trained", tree)
+      for key, tree in params.items()}
+  return optax.multi_transform({"trained": _optimizer(config, schedule),
+                                "frozen": frozen_for(_optimizer(config, ahead), steps)}, labels)
 
 
 class ContrastiveState(train_state.TrainState):

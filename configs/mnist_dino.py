@@ -5,7 +5,9 @@ temperature 0.1 and its teacher temperature warming up from 0.04 to 0.07, over o
 here (the paper's 30 of 100), and its centre momentum 0.9. The head is the paper's
 shape scaled to a 128-wide encoder: no BatchNorm, a 256-wide bottleneck before the
 prototypes (DINO's 2048-wide hidden layers and 65,536 prototypes, solo-learn's CIFAR 4,096,
-here 512 and 1,024); ReLU where DINO has GELU. Two views: multi-crop is not built.
+here 512 and 1,024); ReLU where DINO has GELU. Two views: multi-crop
+(`augment.local_crops`) with 28-pixel local crops fell from 90% to 87% k-NN in its
+second epoch here (docs/tuning.md).
 
   python -m cl_jax.train --config configs/mnist_dino.py --workdir runs/mnist_dino
 """

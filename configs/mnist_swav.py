@@ -4,8 +4,8 @@ projector shape scaled to a 128-wide encoder (one hidden layer of 512 with Batch
 (solo-learn's CIFAR 3,000), temperature 0.1, 3 Sinkhorn iterations at epsilon 0.05, and a
 queue of 3,840 projections per view (the paper's for batches below 256; solo-learn's CIFAR
 value) joining the assignments after the first epoch; the prototypes frozen for the first
-quarter epoch (the paper: its first epoch of 400 or 800). Two views: multi-crop is not
-built.
+quarter epoch (the paper: its first epoch of 400 or 800). Two views: multi-crop
+(`augment.local_crops`) with 28-pixel local crops failed DINO here (docs/tuning.md).
 
   python -m cl_jax.train --config configs/mnist_swav.py --workdir runs/mnist_swav
 """

@@ -53,6 +53,8 @@ BAD_INPUTS = [
      "config.dino_teacher_temperature=(0.04, 0.0): must be two positive temperatures"),
     ({"method": "dino", "dino_centre_momentum": 1.0},
      "config.dino_centre_momentum=1.0: must be in [0, 1)"),
+    ({"method": "dino", "dino_freeze_prototypes_epochs": -1.0},
+     "config.dino_freeze_prototypes_epochs=-1.0: must be >= 0"),
     ({"method": "swav", "swav_sinkhorn_epsilon": 0.0},
      "config.swav_sinkhorn_epsilon=0.0: must be positive"),
     ({"method": "swav", "swav_queue_size": -1},

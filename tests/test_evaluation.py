@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from cl_jax import data
 from cl_jax import evaluation
 from cl_jax import models
 from configs import mnist_seed
@@ -176,8 +177,8 @@ def test_weighted_knn_matches_sklearn_and_a_numpy_reference(k, temperature):
                                           jnp.asarray(query_x), k, temperature, 10)
   np.testing.assert_array_equal(np.argmax(np.asarray(scores), axis=1), expected)
   # The chunked accuracy (chunks of 100: the last one padded) counts the same predictions.
-  got = evaluation.weighted_knn_accuracy(fit_x, fit_y, query_x, query_y, k, temperature,
-                                         chunk=100)
+  got = evaluation.weighted_knn_accuracies(fit_x, fit_y, query_x, query_y, (k,), temperature,
+                                           chunk=100)[k]
   assert got == pytest.approx(np.mean(expected == query_y), abs=1e-12)
   assert 0.3 < got < 0.95  # a problem where the neighbours disagree
 
@@ -200,3 +201,84 @@ def test_weighted_knn_weights_the_votes_and_takes_tied_neighbours_by_index():
     got = np.argmax(np.asarray(evaluation.weighted_knn_scores(
         fit_x, jnp.asarray(fit_y), queries, k, 0.1, 5)), axis=1)
     np.testing.assert_array_equal(got, weighted_knn_reference(fit_x, fit_y, queries, k, 0.1))
+
+
+def sklearn_knn(fit_x, fit_y, query_x, k, metric):
+  if metric == "cosine":
+    fit_x, query_x = evaluation.normalize_rows(fit_x), evaluation.normalize_rows(query_x)
+  return KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(fit_x, fit_y).predict(query_x)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_on_device_knn_predicts_what_sklearn_predicts_on_real_mnist_pixels(mnist_data_dir,
+                                                                           metric):
+  """Real MNIST pixels (mostly exact zeros, many near-equal distances between similar
+  digits), k = 4 (class-vote ties) and 5, in chunks whose last one is padded: every
+  prediction equal to scikit-learn's, none allowed to differ."""
+  train = data.load_for(mnist_seed.get_config(), "train", mnist_data_dir)
+  flat = lambda images: data.to_float(images).reshape(len(images), -1)
+  fit_x, fit_y = flat(train.images[:6000]), train.labels[:6000]
+  query_x = flat(train.images[6000:7500])
+  for k in (4, 5):
+    got = evaluation.knn_predict(fit_x, fit_y, query_x, k, metric, chunk=400)
+    np.testing.assert_array_equal(got, sklearn_knn(fit_x, fit_y, query_x, k, metric))
+
+
+def test_on_device_knn_reranks_exactly_where_float32_cannot_tell_the_neighbours_apart():
+  """Rows a distance of ~1e-3 from the query at a norm of 3e3: float32 scores (2 q.b -
+  |b|^2, rounded at ~1e-3 of |q|^2 ~ 1e7) cannot order them, so the device's own top-k is
+  wrong (asserted), and only the exact float64 re-rank and the fallback for queries whose
+  k-th distance is within the rounding bound give scikit-learn's predictions (float64)."""
+  rng = np.random.default_rng(0)
+  centre = np.full(9, 1000.0)
+  fit_x = (centre + rng.normal(scale=1e-3, size=(400, 9))).astype(np.float32)
+  fit_y = rng.integers(0, 3, 400)
+  query_x = (centre + rng.normal(scale=1e-3, size=(50, 9))).astype(np.float32)
+  exact = ((query_x[:, None, :].astype(np.float64) - fit_x[None].astype(np.float64)) ** 2).sum(-1)
+  _, device_top = evaluation._euclidean_candidates(jnp.asarray(fit_x), jnp.asarray(query_x), 5)
+  assert np.mean(np.sort(device_top, 1) != np.sort(np.argsort(exact, 1)[:, :5], 1)) > 0.5
+  got = evaluation.knn_predict(fit_x, fit_y, query_x, 5, "euclidean", chunk=16)
+  np.testing.assert_array_equal(got, sklearn_knn(fit_x.astype(np.float64), fit_y,
+                                                 query_x.astype(np.float64), 5, "euclidean"))
+  np.testing.assert_array_equal(got, knn_brute_force(fit_x.astype(np.float64), fit_y,
+                                                     query_x.astype(np.float64), 5, "euclidean"))
+  # Five rows that close among 60 far ones (distance ~30): the far candidates put the
+  # rounding bound out of reach (no fallback), so the exact order of the five is the
+  # re-rank's alone. k = 1: the nearest row's label; k = 3: the smallest of three.
+  near = (centre + rng.normal(scale=1e-3, size=(5, 9))).astype(np.float32)
+  far = (centre + 10 + rng.normal(size=(60, 9))).astype(np.float32)
+  fit_x, fit_y = np.concatenate([near, far]), np.array([0, 1, 2, 3, 4] + [5] * 60)
+  for k in (1, 3):
+    got = evaluation.knn_predict(fit_x, fit_y, query_x, k, "euclidean")
+    expected = knn_brute_force(fit_x.astype(np.float64), fit_y, query_x.astype(np.float64), k,
+                               "euclidean")
+    np.testing.assert_array_equal(got, expected)
+    assert k > 1 or len(set(expected)) == 5  # each of the five is some query's nearest
+
+
+def test_on_device_knn_takes_tied_neighbours_by_index_and_tied_votes_by_label():
+  """Duplicated rows with different labels tie in distance: scikit-learn keeps the lower
+  row, so does ours (seen here with the rows in both orders); a 2-2 vote goes to the
+  smaller label. Zero rows (a dead-ReLU embedding) stay zero under the cosine metric."""
+  fit_x = np.array([[0, 0], [1, 0], [1, 0], [0, 1], [0, 1], [5, 5], [0, 0]], np.float32)
+  query = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]], np.float32)
+  for labels in ([0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]):
+    labels = np.array(labels)
+    for order in (np.arange(7), np.arange(7)[::-1]):
+      for k in (1, 2, 3, 4):
+        for metric in ("euclidean", "cosine"):
+          got = evaluation.knn_predict(fit_x[order], labels[order], query, k, metric)
+          np.testing.assert_array_equal(
+              got, sklearn_knn(fit_x[order], labels[order], query, k, metric), err_msg=(
+                  f"k={k} {metric} labels={labels} order={order}"))
+
+
+def test_weighted_knn_at_several_k_from_one_ranking_equals_each_k_alone():
+  fit_x, fit_y = clustered_data(1500, 8, 10, seed=5, spread=0.6)
+  query_x, query_y = clustered_data(333, 8, 10, seed=75, spread=0.6)
+  together = evaluation.weighted_knn_accuracies(fit_x, fit_y, query_x, query_y, (200, 20, 1),
+                                                0.1, chunk=100)
+  for k in (200, 20, 1):
+    expected = weighted_knn_reference(fit_x, fit_y, query_x, k, 0.1)
+    assert together[k] == pytest.approx(np.mean(expected == query_y), abs=1e-12), k
+  assert len(set(together.values())) == 3  # the three k differ here: a mix-up would show

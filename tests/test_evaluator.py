@@ -122,8 +122,12 @@ def test_a_weighted_k_larger_than_the_fit_set_is_left_out():
   metrics = evaluator.embedding_metrics(train_x, train_y, test_x, test_y, config)
   assert {k for k in metrics if "weighted" in k} == {
       "weighted_knn35", "weighted_knn5", "validation_weighted_knn5"}
-  assert metrics["weighted_knn5"] == evaluation.weighted_knn_accuracy(train_x, train_y, test_x,
-                                                                      test_y, 5, 0.1)
+  # scikit-learn's weighted vote: euclidean on unit rows, so similarity = 1 - d^2 / 2.
+  weights = lambda d: np.exp((1 - d ** 2 / 2) / 0.1)
+  expected = KNeighborsClassifier(n_neighbors=5, algorithm="brute", weights=weights).fit(
+      evaluation.normalize_rows(train_x), train_y).score(evaluation.normalize_rows(test_x),
+                                                         test_y)
+  assert metrics["weighted_knn5"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path):
@@ -307,17 +311,23 @@ def test_validation_metrics_fit_on_the_rest_and_predict_the_validation_rows():
   assert metrics["knn_train_test"] == pytest.approx(expected, abs=1e-12)
 
 
+def counted_baseline(monkeypatch, record):
+  """Random uint8 train (300) and test (500) splits, and the list to which every call of
+  the (stubbed) embedding_metrics appends record(its arguments)."""
+  rng = np.random.default_rng(0)
+  split = lambda n: data.Split(rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8),
+                               rng.integers(0, 3, n).astype(np.int32))
+  computed = []
+  monkeypatch.setattr(evaluator, "embedding_metrics",
+                      lambda *args: computed.append(record(args)) or {"knn_seed": 0.5})
+  return split(300), split(500), computed
+
+
 def test_raw_pixel_cache_follows_the_settings_and_the_code(tmp_path, monkeypatch):
   """The cached baseline is reused for the same data, settings and evaluation code, and
   recomputed when any of them changes (before: keyed by the data alone, so a fixed probe
   kept its old baseline)."""
-  rng = np.random.default_rng(0)
-  split = lambda n: data.Split(rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8),
-                               rng.integers(0, 3, n).astype(np.int32))
-  train, test = split(300), split(500)
-  computed = []
-  monkeypatch.setattr(evaluator, "embedding_metrics",
-                      lambda *args: computed.append(args[-1].to_dict()) or {"knn_seed": 0.5})
+  train, test, computed = counted_baseline(monkeypatch, lambda args: args[-1].to_dict())
   config = default_config.get_config()
   config.cache_dir, config.validation_examples = str(tmp_path), 100
   evaluator.raw_pixel_metrics(train, test, config)
@@ -329,3 +339,24 @@ def test_raw_pixel_cache_follows_the_settings_and_the_code(tmp_path, monkeypatch
   monkeypatch.setattr(evaluator, "evaluation_code_version", lambda: "changed")
   evaluator.raw_pixel_metrics(train, test, config)
   assert len(computed) == 3  # other evaluation code: computed again
+
+
+def test_random_init_cache_is_named_by_the_encoders_features(tmp_path, monkeypatch):
+  """The random initialisation's metrics are reused for an encoder with the same features
+  and recomputed for one with other features (another seed or architecture), on other
+  data or under other evaluation code."""
+  train, test, computed = counted_baseline(monkeypatch, lambda args: args[0])
+  config = default_config.get_config()
+  config.cache_dir = str(tmp_path)
+  encoder = lambda scale: lambda images: images.reshape(len(images), -1) * scale
+  evaluator.random_init_metrics(train, test, config, encoder(1.0))
+  evaluator.random_init_metrics(train, test, config, encoder(1.0))
+  assert len(computed) == 1  # cached
+  np.testing.assert_array_equal(computed[0], train.images.reshape(300, -1))  # its features
+  evaluator.random_init_metrics(train, test, config, encoder(2.0))
+  assert len(computed) == 2  # another encoder
+  evaluator.random_init_metrics(train[:200], test, config, encoder(2.0))
+  assert len(computed) == 3  # other data
+  monkeypatch.setattr(evaluator, "evaluation_code_version", lambda: "changed")
+  evaluator.random_init_metrics(train[:200], test, config, encoder(2.0))
+  assert len(computed) == 4  # other evaluation code

@@ -52,6 +52,13 @@ class Method:
   def check_config(self, config, fail):
     """Checks the fields this method reads; `fail(field, value, message)` raises."""
 
+  def frozen_parameters(self, config, schedule_steps):
+    """(top-level parameter name, steps): the optimizer leaves that subtree and its own
+    state untouched for the first `steps` steps, as if it had no gradient; None: nothing
+    is frozen."""
+    del config, schedule_steps
+    return None
+
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     """The method's own state (`ContrastiveState.method_state`): a dict of arrays, or None.
     Its keys are top-level keys of the checkpoint. `embedding_width`: the width of what the

@@ -3,9 +3,12 @@ prototype scores; the student's softmax of each view regresses the teacher's cen
 sharpened softmax of the other view (cross-entropy); no negatives, no predictor. Follows the
 paper's Algorithm 1 and solo-learn's implementation: the teacher's temperature warms up
 linearly, the centre is an EMA of the teacher's mean scores over the global batch, and the
-teacher's EMA rate rises from `config.momentum` to 1 along a cosine. With multi-crop
+teacher's EMA rate rises from `config.momentum` to 1 along a cosine; the student's prototypes
+can be frozen for the first epochs (`dino_freeze_prototypes_epochs`). With multi-crop
 (`augment.local_crops`) the student also scores the local views, each against both global
 views' teacher targets; the teacher sees only the global views."""
+
+import math
 
 import jax.numpy as jnp
 
@@ -40,6 +43,14 @@ class DINO(base.CosineMomentumMethod):
       fail("dino_teacher_warmup_epochs", config.dino_teacher_warmup_epochs, "must be >= 0")
     if not 0 <= config.dino_centre_momentum < 1:
       fail("dino_centre_momentum", config.dino_centre_momentum, "must be in [0, 1)")
+    if config.dino_freeze_prototypes_epochs < 0:
+      fail("dino_freeze_prototypes_epochs", config.dino_freeze_prototypes_epochs, "must be >= 0")
+
+  def frozen_parameters(self, config, schedule_steps):
+    """The student's prototypes for the first dino_freeze_prototypes_epochs (the paper's
+    `cancel_gradients_last_layer`)."""
+    steps = math.ceil(config.dino_freeze_prototypes_epochs * schedule_steps / config.num_epochs)
+    return ("prototypes", steps) if steps > 0 else None
 
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     state = super().initial_state(config, params, batch_stats, key, embedding_width)

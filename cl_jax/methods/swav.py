@@ -9,6 +9,7 @@ assignments are constants, the prototypes are frozen for the first epochs, and t
 view's scores; only the global views are assigned."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +20,6 @@ from cl_jax.methods import base
 
 def _prototype_scores(module, unit_projections):
   return module.prototypes(unit_projections)
-
-
-def _with_frozen_prototypes(params, frozen):
-  """`params` whose prototypes get no gradient while `frozen` (a traced bool)."""
-  def gate(x):
-    return jnp.where(frozen, jax.lax.stop_gradient(x), x)
-  return {**params, "prototypes": jax.tree.map(gate, params["prototypes"])}
 
 
 @base.register("swav")
@@ -49,6 +43,12 @@ class SwAV(base.Method):
       fail("model.projection_dim", config.model.projection_dim,
            "swav needs a projection head (> 0) before its prototypes")
 
+  def frozen_parameters(self, config, schedule_steps):
+    """The prototypes, for the first swav_freeze_prototypes_epochs (SwAV's
+    `freeze_prototypes_niters`; solo-learn sets their gradient to None)."""
+    steps = math.ceil(config.swav_freeze_prototypes_epochs * schedule_steps / config.num_epochs)
+    return ("prototypes", steps) if steps > 0 else None
+
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     """Per view, a queue of earlier unit projections (zeros until filled) and its next row;
     None without a queue."""
@@ -71,10 +71,8 @@ class SwAV(base.Method):
            schedule_steps, local_views):
     del batch
     steps_per_epoch = schedule_steps / config.num_epochs
-    trained = _with_frozen_prototypes(
-        params, state.step < config.swav_freeze_prototypes_epochs * steps_per_epoch)
     (z1, p1), (z2, p2), batch_stats, features = base.forward_views(
-        state, trained, state.batch_stats, view1, view2, axis_name, predict="both")
+        state, params, state.batch_stats, view1, view2, axis_name, predict="both")
     sinkhorn = functools.partial(losses.sinkhorn_knopp, epsilon=config.swav_sinkhorn_epsilon,
                                  iterations=config.swav_sinkhorn_iterations, axis_name=axis_name)
     assignments = []
@@ -95,7 +93,7 @@ class SwAV(base.Method):
     scores = jnp.stack([p1, p2])
     if local_views is not None:  # predicted from, never assigned
       scores = jnp.concatenate([scores, base.forward_local_views(
-          state, trained, state.batch_stats, local_views, axis_name)])
+          state, params, state.batch_stats, local_views, axis_name)])
     value = losses.cross_view_cross_entropy(jnp.stack(assignments),
                                             scores / config.swav_temperature)
     unit = jax.lax.stop_gradient(jnp.stack([losses.l2_normalize(z1), losses.l2_normalize(z2)]))
