@@ -59,28 +59,48 @@ KNN_EXTRA_CANDIDATES = 10
 _FLOAT32_ROUNDOFF = 2.0 ** -24
 
 
+@jax.jit
+def _with_squared_norms(bank):
+  """[b, ||b||^2]: the bank as `_euclidean_candidates` reads it."""
+  return jnp.concatenate([bank, jnp.sum(bank * bank, axis=1, keepdims=True)], axis=1)
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _euclidean_candidates(bank, queries, count):
-  """The `count` bank rows with the highest 2 q.b - ||b||^2 (the smallest distance
-  ||q - b||^2 but for ||q||^2, the same for every row of one query), and those scores."""
-  # One matmul of [2q, -1] with [b, ||b||^2]: no second pass over the scores.
-  bank = jnp.concatenate([bank, jnp.sum(bank * bank, axis=1, keepdims=True)], axis=1)
+  """The `count` rows of `bank` ([b, ||b||^2]) with the highest 2 q.b - ||b||^2 (the
+  smallest distance ||q - b||^2 but for ||q||^2, the same for every row of one query),
+  and those scores: one matmul of [2q, -1] with the bank, no second pass over the scores."""
   queries = jnp.concatenate([2 * queries, -jnp.ones((len(queries), 1), queries.dtype)], axis=1)
   return jax.lax.top_k(jnp.matmul(queries, bank.T, precision=losses.HIGHEST), count)
 
 
-def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
-  """scikit-learn's k-NN predictions (brute force, uniform votes), computed on device.
+def _candidate_distances(fit_x, queries64, candidates):
+  """Exact float64 squared distances [queries, candidates] of each query to its candidate
+  rows of `fit_x`, gathering at most 2^23 values at a time."""
+  rows = max(1, 2**23 // (candidates.shape[1] * fit_x.shape[1]))
+  distances = np.empty(candidates.shape)
+  for start in range(0, len(candidates), rows):
+    block = slice(start, start + rows)
+    difference = fit_x[candidates[block]] - queries64[block, None, :]
+    distances[block] = np.einsum("qcd,qcd->qc", difference, difference)
+  return distances
 
-  The device ranks the fit rows in float32 and keeps `k + KNN_EXTRA_CANDIDATES`
-  candidates per query; the host orders those by their exact float64 distance (ties to
-  the lower row, as scikit-learn's) and votes (ties between classes to the smallest
-  label). Where float32 rounding could have left a nearer row out (the k-th distance is
-  within the rounding bound of the last candidate's), that query is ranked in float64
-  against every row on the host. `metric="cosine"`: euclidean on L2-normalised rows,
-  which orders neighbours as cosine similarity does. `chunk`: queries per device call
-  (padded: one compilation); by default as many as keep the host's float64 candidate
-  rows within 64 MiB and the device's scores within 512 MiB.
+
+def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
+  """k-NN predictions (brute force, uniform votes) from exact float64 distances, computed
+  on device: scikit-learn's `KNeighborsClassifier` predictions.
+
+  The device ranks the fit rows in float32 (both sides minus the fit rows' mean, which
+  distances do not see and which keeps float32's rounding small next to them) and keeps
+  `k + KNN_EXTRA_CANDIDATES` candidates per query; the host orders those by their exact
+  float64 distance (ties to the lower row, as scikit-learn's) and votes (ties between
+  classes to the smallest label). Where float32 rounding could have left a nearer row out
+  (the k-th distance is within the rounding bound of the last candidate's), that query
+  asks the device for four times as many candidates, until the bound clears or every row
+  is a candidate. `metric="cosine"`: euclidean on L2-normalised rows, which orders
+  neighbours as cosine similarity does. Inputs are taken as float32. `chunk`: queries per
+  device call (padded: one compilation per candidate count); by default as many as keep
+  the device's scores within 512 MiB.
   """
   if k > len(fit_x):
     raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
@@ -90,36 +110,48 @@ def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
     raise ValueError(f"metric={metric!r}; allowed: euclidean, cosine")
   fit_x = np.asarray(fit_x, np.float32)
   query_x = np.asarray(query_x, np.float32)
-  fit_y = np.asarray(fit_y)
-  count = min(len(fit_x), k + KNN_EXTRA_CANDIDATES)
-  chunk = chunk or max(1, min(len(query_x), 2**23 // (count * fit_x.shape[1]),
-                              2**27 // len(fit_x)))
-  bank = jnp.asarray(fit_x)
-  bank_norm = float(np.sqrt(np.max(np.sum(fit_x.astype(np.float64) ** 2, axis=1))))
-  # |device score - exact score| <= 2 (dim + 1) u (|q| + max |b|)^2: the worst case of a
-  # float32 dot product of length dim + 1 and of the norms; twice that is the bound used.
-  roundoff = 4 * (fit_x.shape[1] + 1) * _FLOAT32_ROUNDOFF
-  labels = np.empty(len(query_x), fit_y.dtype)
+  classes, fit_codes = np.unique(np.asarray(fit_y), return_inverse=True)
+  chunk = chunk or max(1, min(len(query_x), 2**27 // len(fit_x)))
+  mean = fit_x.mean(axis=0, dtype=np.float64)
+  centred = lambda x: (x - mean).astype(np.float32)
+  centred_fit = centred(fit_x)
+  bank = _with_squared_norms(jnp.asarray(centred_fit))
+  bank_norm = np.sqrt(np.max(np.einsum("ij,ij->i", centred_fit, centred_fit, dtype=np.float64)))
+  # |device score - exact score| <= 2 (dim + 2) u (|q| + max |b|)^2 for the centred rows:
+  # the worst case of a float32 dot product of length dim + 1, of the norms and of the
+  # centring's rounding. Twice that is the bound used (slack for TPUs' HIGHEST, bf16x6).
+  roundoff = 4 * (fit_x.shape[1] + 2) * _FLOAT32_ROUNDOFF
+
+  def nearest(queries):
+    """The k nearest fit rows of each query, exactly."""
+    queries64, centred_queries = queries.astype(np.float64), centred(queries)
+    norms = np.sqrt(np.einsum("ij,ij->i", centred_queries, centred_queries, dtype=np.float64))
+    neighbours = np.empty((len(queries), k), np.int64)
+    pending, count = np.arange(len(queries)), min(len(fit_x), k + KNN_EXTRA_CANDIDATES)
+    while len(pending):
+      padded = np.pad(centred_queries[pending], ((0, chunk - len(pending)), (0, 0)))
+      scores, candidates = jax.device_get(_euclidean_candidates(bank, jnp.asarray(padded),
+                                                                count))
+      scores, candidates = scores[:len(pending)], candidates[:len(pending)]
+      distances = _candidate_distances(fit_x, queries64[pending], candidates)
+      order = np.lexsort((candidates, distances), axis=1)
+      neighbours[pending] = np.take_along_axis(candidates, order, axis=1)[:, :k]
+      if count == len(fit_x):
+        break
+      kth = np.take_along_axis(distances, order, axis=1)[:, k - 1]
+      # Every row left out scores at most the last candidate's score plus the rounding
+      # bound: its distance is at least this.
+      left_out = (norms[pending] ** 2 - scores[:, -1]
+                  - roundoff * (norms[pending] + bank_norm) ** 2)
+      pending, count = pending[kth >= left_out], min(len(fit_x), 4 * count)
+    return neighbours
+
+  predictions = []
   for start in range(0, len(query_x), chunk):
-    queries = query_x[start:start + chunk]
-    padded = np.pad(queries, ((0, chunk - len(queries)), (0, 0)))
-    scores, candidates = jax.device_get(_euclidean_candidates(bank, jnp.asarray(padded), count))
-    scores, candidates = scores[:len(queries)], candidates[:len(queries)]
-    queries64 = queries.astype(np.float64)
-    distances = np.einsum("qcd,qcd->qc", *(2 * [fit_x[candidates] - queries64[:, None, :]]))
-    order = np.lexsort((candidates, distances), axis=1)
-    neighbours = np.take_along_axis(candidates, order, axis=1)[:, :k]
-    kth = np.take_along_axis(distances, order, axis=1)[:, k - 1]
-    sq_norms = np.sum(queries64 ** 2, axis=1)
-    # Every row the device left out scores at most the last candidate's score plus the
-    # rounding bound: its distance is at least this.
-    left_out = sq_norms - scores[:, -1] - roundoff * (np.sqrt(sq_norms) + bank_norm) ** 2
-    for row in np.flatnonzero((kth >= left_out) & (count < len(fit_x))):
-      exact = np.sum((fit_x - queries64[row]) ** 2, axis=1)
-      neighbours[row] = np.lexsort((np.arange(len(fit_x)), exact))[:k]
-    votes = (fit_y[neighbours][..., None] == np.arange(fit_y.max() + 1)).sum(axis=1)
-    labels[start:start + len(queries)] = np.argmax(votes, axis=1)  # ties: smallest label
-  return labels
+    neighbours = nearest(query_x[start:start + chunk])
+    votes = (fit_codes[neighbours][..., None] == np.arange(len(classes))).sum(axis=1)
+    predictions.append(classes[np.argmax(votes, axis=1)])  # ties: the smallest label
+  return np.concatenate(predictions) if predictions else np.empty(0, classes.dtype)
 
 
 def knn_accuracy(fit_x, fit_y, query_x, query_y, k=5, metric="euclidean"):

@@ -20,6 +20,7 @@ from cl_jax import checkpointing  # pylint: disable=wrong-import-position
 from cl_jax import data  # pylint: disable=wrong-import-position
 from cl_jax import diagnostics  # pylint: disable=wrong-import-position
 from cl_jax import evaluation  # pylint: disable=wrong-import-position
+from cl_jax import losses  # pylint: disable=wrong-import-position
 from cl_jax import metric_logging  # pylint: disable=wrong-import-position
 from cl_jax import models  # pylint: disable=wrong-import-position
 from cl_jax import multihost  # pylint: disable=wrong-import-position
@@ -147,11 +148,12 @@ def fit_rows(config, num_train):
 
 
 def evaluation_code_version():
-  """SHA-256 of the code that computes the metrics (this module, cl_jax/evaluation.py and
-  cl_jax/data, which loads and scales the pixels): a cached baseline computed by other
+  """SHA-256 of the code that computes the metrics (this module, cl_jax/evaluation.py,
+  cl_jax/losses.py, whose normalisation and precision it uses, and cl_jax/data, which
+  loads and scales the pixels): a cached baseline computed by other
   code is recomputed, not reused."""
   digest = hashlib.sha256()
-  for module in (evaluation.__file__, __file__, data.__file__):
+  for module in (evaluation.__file__, __file__, data.__file__, losses.__file__):
     with open(module, "rb") as f:
       digest.update(f.read())
   return digest.hexdigest()
@@ -173,7 +175,10 @@ def cached_metrics(name, identity, train, test, config, compute):
   key = hashlib.sha256((identity + train.fingerprint() + test.fingerprint() + settings).encode())
   path = os.path.join(cache_dir(config),
                       f"{name}_{config.dataset}_k{config.knn_k}_{key.hexdigest()[:16]}.json")
-  cached = read_json(path)
+  try:
+    cached = read_json(path)
+  except ValueError:  # an unreadable entry (a disk that filled up): computed again
+    cached = {}
   if cached:
     return cached
   metrics = compute()
@@ -193,14 +198,17 @@ def raw_pixel_metrics(train, test, config):
 IDENTITY_IMAGES = 256
 
 
-def random_init_metrics(train, test, config, embed_initial):
-  """The metrics of the encoder at its random initialisation (`embed_initial(images)`
-  gives its features), computed once per encoder, data, settings and code
-  (`cached_metrics`). The encoder is named by the bytes of its features of the first
-  IDENTITY_IMAGES training images: another seed, architecture, dtype or forward pass
-  gives other bytes, so its own entry."""
+def random_init_metrics(train, test, config, initial_variables, embed_initial):
+  """The metrics of the encoder at its random initialisation (`initial_variables`, whose
+  features `embed_initial(images)` gives), computed once per encoder, data, settings and
+  code (`cached_metrics`). The encoder is named by the bytes of its variables and of its
+  features of the first IDENTITY_IMAGES training images: another seed, architecture,
+  dtype or forward pass gives other bytes, so its own entry."""
   identity = hashlib.sha256(np.ascontiguousarray(
-      embed_initial(train.images[:IDENTITY_IMAGES])).tobytes()).hexdigest()
+      embed_initial(train.images[:IDENTITY_IMAGES])).tobytes())
+  for leaf in jax.tree.leaves(initial_variables):
+    identity.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  identity = identity.hexdigest()
   return cached_metrics("random_init", identity, train, test, config, lambda: embedding_metrics(
       embed_initial(train.images), train.labels, embed_initial(test.images), test.labels,
       config))
@@ -450,7 +458,7 @@ def _evaluate_on_this_process(config, workdir, step, variables, probe, devices,
   # What training bought: the same metrics of the encoder as it started.
   initial = random_init_variables(config, model, train.images.shape[1:])
   results["random_init"] = random_init_metrics(
-      train, test, config, lambda images: embed_with(initial, images)[0])
+      train, test, config, initial, lambda images: embed_with(initial, images)[0])
   results["raw_pixels"] = raw_pixel_metrics(train, test, config)
   results["eval_step"] = int(step)
   results["knn_k"] = config.knn_k

@@ -225,17 +225,23 @@ def test_on_device_knn_predicts_what_sklearn_predicts_on_real_mnist_pixels(mnist
 
 
 def test_on_device_knn_reranks_exactly_where_float32_cannot_tell_the_neighbours_apart():
-  """Rows a distance of ~1e-3 from the query at a norm of 3e3: float32 scores (2 q.b -
-  |b|^2, rounded at ~1e-3 of |q|^2 ~ 1e7) cannot order them, so the device's own top-k is
-  wrong (asserted), and only the exact float64 re-rank and the fallback for queries whose
-  k-th distance is within the rounding bound give scikit-learn's predictions (float64)."""
+  """400 rows a distance of ~1e-3 from the queries at a norm of 3e3 from the fit rows'
+  mean (a second cluster of 400 opposite puts the mean near 0): float32 scores (2 q.b -
+  |b|^2 of the centred rows, rounded at ~1e-3 of |q|^2 ~ 1e7) cannot order them, so the
+  device's own top-k is wrong (asserted), and only the exact float64 re-rank with the
+  widening for queries whose k-th distance is within the rounding bound give
+  scikit-learn's predictions (float64)."""
   rng = np.random.default_rng(0)
   centre = np.full(9, 1000.0)
-  fit_x = (centre + rng.normal(scale=1e-3, size=(400, 9))).astype(np.float32)
-  fit_y = rng.integers(0, 3, 400)
+  near = centre + rng.normal(scale=1e-3, size=(400, 9))
+  fit_x = np.concatenate([near, -centre + rng.normal(size=(400, 9))]).astype(np.float32)
+  fit_y = np.concatenate([rng.integers(0, 3, 400), np.full(400, 3)])
   query_x = (centre + rng.normal(scale=1e-3, size=(50, 9))).astype(np.float32)
   exact = ((query_x[:, None, :].astype(np.float64) - fit_x[None].astype(np.float64)) ** 2).sum(-1)
-  _, device_top = evaluation._euclidean_candidates(jnp.asarray(fit_x), jnp.asarray(query_x), 5)
+  mean = fit_x.mean(axis=0, dtype=np.float64)
+  centred = lambda x: jnp.asarray((x - mean).astype(np.float32))
+  _, device_top = evaluation._euclidean_candidates(
+      evaluation._with_squared_norms(centred(fit_x)), centred(query_x), 5)
   assert np.mean(np.sort(device_top, 1) != np.sort(np.argsort(exact, 1)[:, :5], 1)) > 0.5
   got = evaluation.knn_predict(fit_x, fit_y, query_x, 5, "euclidean", chunk=16)
   np.testing.assert_array_equal(got, sklearn_knn(fit_x.astype(np.float64), fit_y,
@@ -282,3 +288,13 @@ def test_weighted_knn_at_several_k_from_one_ranking_equals_each_k_alone():
     expected = weighted_knn_reference(fit_x, fit_y, query_x, k, 0.1)
     assert together[k] == pytest.approx(np.mean(expected == query_y), abs=1e-12), k
   assert len(set(together.values())) == 3  # the three k differ here: a mix-up would show
+
+
+def test_on_device_knn_votes_on_any_labels_as_sklearn_does():
+  """Labels that are negative, sparse or huge (class ids, not 0..C-1) vote as their
+  classes: the same predictions as scikit-learn's, whose classes_ they index."""
+  fit_x, fit_y = clustered_data(300, 6, 5, seed=1)
+  query_x, _ = clustered_data(120, 6, 5, seed=2)
+  for labels in (fit_y, fit_y - 3, fit_y * 1_000_003 + 7, -fit_y * 2):
+    np.testing.assert_array_equal(evaluation.knn_predict(fit_x, labels, query_x, 4),
+                                  sklearn_knn(fit_x, labels, query_x, 4, "euclidean"))

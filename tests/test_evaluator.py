@@ -349,14 +349,17 @@ def test_random_init_cache_is_named_by_the_encoders_features(tmp_path, monkeypat
   config = default_config.get_config()
   config.cache_dir = str(tmp_path)
   encoder = lambda scale: lambda images: images.reshape(len(images), -1) * scale
-  evaluator.random_init_metrics(train, test, config, encoder(1.0))
-  evaluator.random_init_metrics(train, test, config, encoder(1.0))
+  variables = lambda value: {"params": {"kernel": np.full((2, 2), value, np.float32)}}
+  evaluator.random_init_metrics(train, test, config, variables(1.0), encoder(1.0))
+  evaluator.random_init_metrics(train, test, config, variables(1.0), encoder(1.0))
   assert len(computed) == 1  # cached
   np.testing.assert_array_equal(computed[0], train.images.reshape(300, -1))  # its features
-  evaluator.random_init_metrics(train, test, config, encoder(2.0))
-  assert len(computed) == 2  # another encoder
-  evaluator.random_init_metrics(train[:200], test, config, encoder(2.0))
-  assert len(computed) == 3  # other data
+  evaluator.random_init_metrics(train, test, config, variables(1.0), encoder(2.0))
+  assert len(computed) == 2  # another encoder's features
+  evaluator.random_init_metrics(train, test, config, variables(2.0), encoder(2.0))
+  assert len(computed) == 3  # other variables (the same features: a degenerate encoder)
+  evaluator.random_init_metrics(train[:200], test, config, variables(2.0), encoder(2.0))
+  assert len(computed) == 4  # other data
   monkeypatch.setattr(evaluator, "evaluation_code_version", lambda: "changed")
-  evaluator.random_init_metrics(train[:200], test, config, encoder(2.0))
-  assert len(computed) == 4  # other evaluation code
+  evaluator.random_init_metrics(train[:200], test, config, variables(2.0), encoder(2.0))
+  assert len(computed) == 5  # other evaluation code
