@@ -76,13 +76,17 @@ def _euclidean_candidates(bank, queries, count):
 
 def _candidate_distances(fit_x, queries64, candidates):
   """Exact float64 squared distances [queries, candidates] of each query to its candidate
-  rows of `fit_x`, gathering at most 2^23 values at a time."""
-  rows = max(1, 2**23 // (candidates.shape[1] * fit_x.shape[1]))
+  rows of `fit_x`, gathering at most 2^23 values at a time (fewer queries, then fewer
+  candidates, per block)."""
+  budget, dim = 2**23, fit_x.shape[1]
+  rows = max(1, budget // (candidates.shape[1] * dim))
+  columns = max(1, budget // (rows * dim))
   distances = np.empty(candidates.shape)
-  for start in range(0, len(candidates), rows):
-    block = slice(start, start + rows)
-    difference = fit_x[candidates[block]] - queries64[block, None, :]
-    distances[block] = np.einsum("qcd,qcd->qc", difference, difference)
+  for row in range(0, len(candidates), rows):
+    for column in range(0, candidates.shape[1], columns):
+      block = (slice(row, row + rows), slice(column, column + columns))
+      difference = fit_x[candidates[block]] - queries64[block[0], None, :]
+      distances[block] = np.einsum("qcd,qcd->qc", difference, difference)
   return distances
 
 
@@ -98,18 +102,21 @@ def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
   (the k-th distance is within the rounding bound of the last candidate's), that query
   asks the device for four times as many candidates, until the bound clears or every row
   is a candidate. `metric="cosine"`: euclidean on L2-normalised rows, which orders
-  neighbours as cosine similarity does. Inputs are taken as float32. `chunk`: queries per
-  device call (padded: one compilation per candidate count); by default as many as keep
-  the device's scores within 512 MiB.
+  neighbours as cosine similarity does. Inputs are taken as float32 and must be finite.
+  `chunk`: queries per device call at most (padded: one compilation per candidate count);
+  by default as many as keep the device's scores within 512 MiB.
   """
-  if k > len(fit_x):
-    raise ValueError(f"k={k} is larger than the {len(fit_x)} examples the k-NN is fit on")
+  if not 1 <= k <= len(fit_x):
+    raise ValueError(f"k={k} must be at least 1 and at most the {len(fit_x)} examples the "
+                     "k-NN is fit on")
   if metric == "cosine":
     fit_x, query_x = normalize_rows(fit_x), normalize_rows(query_x)
   elif metric != "euclidean":
     raise ValueError(f"metric={metric!r}; allowed: euclidean, cosine")
   fit_x = np.asarray(fit_x, np.float32)
   query_x = np.asarray(query_x, np.float32)
+  if not (np.all(np.isfinite(fit_x)) and np.all(np.isfinite(query_x))):
+    raise ValueError("the k-NN's inputs must be finite (a NaN or inf embedding: a diverged run?)")
   classes, fit_codes = np.unique(np.asarray(fit_y), return_inverse=True)
   chunk = chunk or max(1, min(len(query_x), 2**27 // len(fit_x)))
   mean = fit_x.mean(axis=0, dtype=np.float64)
@@ -129,21 +136,26 @@ def knn_predict(fit_x, fit_y, query_x, k=5, metric="euclidean", chunk=None):
     neighbours = np.empty((len(queries), k), np.int64)
     pending, count = np.arange(len(queries)), min(len(fit_x), k + KNN_EXTRA_CANDIDATES)
     while len(pending):
-      padded = np.pad(centred_queries[pending], ((0, chunk - len(pending)), (0, 0)))
-      scores, candidates = jax.device_get(_euclidean_candidates(bank, jnp.asarray(padded),
-                                                                count))
-      scores, candidates = scores[:len(pending)], candidates[:len(pending)]
-      distances = _candidate_distances(fit_x, queries64[pending], candidates)
-      order = np.lexsort((candidates, distances), axis=1)
-      neighbours[pending] = np.take_along_axis(candidates, order, axis=1)[:, :k]
+      # Queries per call at this count: the host's candidate arrays stay near 2^22 entries.
+      per_call = max(1, min(chunk, 2**22 // count))
+      unresolved = []
+      for start in range(0, len(pending), per_call):
+        rows = pending[start:start + per_call]
+        padded = np.pad(centred_queries[rows], ((0, per_call - len(rows)), (0, 0)))
+        scores, candidates = jax.device_get(_euclidean_candidates(bank, jnp.asarray(padded),
+                                                                  count))
+        scores, candidates = scores[:len(rows)], candidates[:len(rows)]
+        distances = _candidate_distances(fit_x, queries64[rows], candidates)
+        order = np.lexsort((candidates, distances), axis=1)
+        neighbours[rows] = np.take_along_axis(candidates, order, axis=1)[:, :k]
+        kth = np.take_along_axis(distances, order, axis=1)[:, k - 1]
+        # Every row left out scores at most the last candidate's score plus the rounding
+        # bound: its distance is at least this.
+        left_out = norms[rows] ** 2 - scores[:, -1] - roundoff * (norms[rows] + bank_norm) ** 2
+        unresolved.append(rows[kth >= left_out])
       if count == len(fit_x):
         break
-      kth = np.take_along_axis(distances, order, axis=1)[:, k - 1]
-      # Every row left out scores at most the last candidate's score plus the rounding
-      # bound: its distance is at least this.
-      left_out = (norms[pending] ** 2 - scores[:, -1]
-                  - roundoff * (norms[pending] + bank_norm) ** 2)
-      pending, count = pending[kth >= left_out], min(len(fit_x), 4 * count)
+      pending, count = np.concatenate(unresolved), min(len(fit_x), 4 * count)
     return neighbours
 
   predictions = []

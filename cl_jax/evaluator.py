@@ -206,8 +206,11 @@ def random_init_metrics(train, test, config, initial_variables, embed_initial):
   dtype or forward pass gives other bytes, so its own entry."""
   identity = hashlib.sha256(np.ascontiguousarray(
       embed_initial(train.images[:IDENTITY_IMAGES])).tobytes())
-  for leaf in jax.tree.leaves(initial_variables):
-    identity.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  leaves, structure = jax.tree.flatten(initial_variables)
+  identity.update(str(structure).encode())
+  for leaf in jax.device_get(leaves):
+    leaf = np.ascontiguousarray(leaf)
+    identity.update(f"{leaf.shape}{leaf.dtype}".encode() + leaf.tobytes())
   identity = identity.hexdigest()
   return cached_metrics("random_init", identity, train, test, config, lambda: embedding_metrics(
       embed_initial(train.images), train.labels, embed_initial(test.images), test.labels,

@@ -74,8 +74,14 @@ def test_class_vote_ties_go_to_the_smallest_label():
 
 
 def test_k_larger_than_fit_set_is_refused():
-  with pytest.raises(ValueError, match="k=6 is larger than the 5 examples"):
+  with pytest.raises(ValueError, match="k=6 must be at least 1 and at most the 5 examples"):
     evaluation.knn_accuracy(np.zeros((5, 2)), np.zeros(5, int), np.zeros((1, 2)), np.zeros(1), 6)
+  with pytest.raises(ValueError, match="k=0 must be at least 1"):
+    evaluation.knn_accuracy(np.zeros((5, 2)), np.zeros(5, int), np.zeros((1, 2)), np.zeros(1), 0)
+  # scikit-learn refuses NaN too; a NaN mean would otherwise clear every rounding check.
+  with pytest.raises(ValueError, match="must be finite"):
+    evaluation.knn_accuracy(np.full((5, 2), np.nan), np.zeros(5, int), np.zeros((1, 2)),
+                            np.zeros(1), 1)
 
 
 def test_knn_report_protocols():
@@ -298,3 +304,38 @@ def test_on_device_knn_votes_on_any_labels_as_sklearn_does():
   for labels in (fit_y, fit_y - 3, fit_y * 1_000_003 + 7, -fit_y * 2):
     np.testing.assert_array_equal(evaluation.knn_predict(fit_x, labels, query_x, 4),
                                   sklearn_knn(fit_x, labels, query_x, 4, "euclidean"))
+
+
+def counted_candidates(monkeypatch):
+  """The candidate counts the k-NN asks the device for, one entry per call."""
+  counts, device = [], evaluation._euclidean_candidates
+  monkeypatch.setattr(evaluation, "_euclidean_candidates",
+                      lambda bank, queries, count: counts.append(count) or device(bank, queries,
+                                                                                   count))
+  return counts
+
+
+def test_on_device_knn_centres_the_rows_and_widens_only_the_queries_that_need_it(monkeypatch):
+  """Rows offset by 1e4 with a spread of 1: centred on the fit rows' mean, float32 orders
+  them well within the bound, so one call of k + 10 candidates each suffices (uncentred,
+  the bound at |q| ~ 3e4 would widen every query). Then 40 rows within 1e-3 of the
+  queries among 1,000 far ones: the first 15 candidates are all tight rows, within the
+  bound, so each query widens once, to 60, where the far rows clear it."""
+  counts = counted_candidates(monkeypatch)
+  rng = np.random.default_rng(0)
+  fit_x = (1e4 + rng.normal(size=(500, 8))).astype(np.float32)
+  fit_y = rng.integers(0, 4, 500)
+  query_x = (1e4 + rng.normal(size=(64, 8))).astype(np.float32)
+  got = evaluation.knn_predict(fit_x, fit_y, query_x, 5, chunk=32)
+  np.testing.assert_array_equal(got, sklearn_knn(fit_x, fit_y, query_x, 5, "euclidean"))
+  assert counts == [15, 15]  # two chunks of 32, no widening
+  counts.clear()
+  tight = rng.normal(scale=1e-3, size=(40, 8))
+  far = 10 + rng.normal(size=(1000, 8))
+  fit_x = np.concatenate([tight, far]).astype(np.float32)
+  fit_y = np.concatenate([rng.integers(0, 4, 40), np.full(1000, 4)])
+  query_x = rng.normal(scale=1e-3, size=(32, 8)).astype(np.float32)
+  got = evaluation.knn_predict(fit_x, fit_y, query_x, 5, chunk=32)
+  np.testing.assert_array_equal(got, sklearn_knn(fit_x.astype(np.float64), fit_y,
+                                                 query_x.astype(np.float64), 5, "euclidean"))
+  assert counts == [15, 60]

@@ -341,7 +341,7 @@ def test_raw_pixel_cache_follows_the_settings_and_the_code(tmp_path, monkeypatch
   assert len(computed) == 3  # other evaluation code: computed again
 
 
-def test_random_init_cache_is_named_by_the_encoders_features(tmp_path, monkeypatch):
+def test_random_init_cache_is_named_by_the_encoders_variables_and_features(tmp_path, monkeypatch):
   """The random initialisation's metrics are reused for an encoder with the same features
   and recomputed for one with other features (another seed or architecture), on other
   data or under other evaluation code."""
@@ -349,7 +349,10 @@ def test_random_init_cache_is_named_by_the_encoders_features(tmp_path, monkeypat
   config = default_config.get_config()
   config.cache_dir = str(tmp_path)
   encoder = lambda scale: lambda images: images.reshape(len(images), -1) * scale
-  variables = lambda value: {"params": {"kernel": np.full((2, 2), value, np.float32)}}
+  def variables(middle):  # large enough for NumPy to summarise its printout with "..."
+    kernel = np.ones((40, 40), np.float32)
+    kernel[20, 20] = middle
+    return {"params": {"kernel": kernel}}
   evaluator.random_init_metrics(train, test, config, variables(1.0), encoder(1.0))
   evaluator.random_init_metrics(train, test, config, variables(1.0), encoder(1.0))
   assert len(computed) == 1  # cached
