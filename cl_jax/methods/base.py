@@ -40,6 +40,13 @@ def check_queue_size(config, fail):
     fail("queue_size", config.queue_size, "must be a positive integer")
 
 
+def frozen_prototypes(epochs, config, schedule_steps):
+  """`Method.frozen_parameters` of a head's prototypes for its first `epochs` epochs of
+  the schedule (None when that is no step)."""
+  steps = math.ceil(epochs * schedule_steps / config.num_epochs)
+  return ("prototypes", steps) if steps > 0 else None
+
+
 class Method:
   """One method: its loss, its state, its update after each step, its config checks and
   the model parts it adds. Subclasses override what they need."""

@@ -8,8 +8,6 @@ can be frozen for the first epochs (`dino_freeze_prototypes_epochs`). With multi
 (`augment.local_crops`) the student also scores the local views, each against both global
 views' teacher targets; the teacher sees only the global views."""
 
-import math
-
 import jax.numpy as jnp
 
 from cl_jax import losses
@@ -49,8 +47,7 @@ class DINO(base.CosineMomentumMethod):
   def frozen_parameters(self, config, schedule_steps):
     """The student's prototypes for the first dino_freeze_prototypes_epochs (the paper's
     `cancel_gradients_last_layer`)."""
-    steps = math.ceil(config.dino_freeze_prototypes_epochs * schedule_steps / config.num_epochs)
-    return ("prototypes", steps) if steps > 0 else None
+    return base.frozen_prototypes(config.dino_freeze_prototypes_epochs, config, schedule_steps)
 
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     state = super().initial_state(config, params, batch_stats, key, embedding_width)

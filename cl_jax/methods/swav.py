@@ -9,7 +9,6 @@ assignments are constants, the prototypes are frozen for the first epochs, and t
 view's scores; only the global views are assigned."""
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +45,7 @@ class SwAV(base.Method):
   def frozen_parameters(self, config, schedule_steps):
     """The prototypes, for the first swav_freeze_prototypes_epochs (SwAV's
     `freeze_prototypes_niters`; solo-learn sets their gradient to None)."""
-    steps = math.ceil(config.swav_freeze_prototypes_epochs * schedule_steps / config.num_epochs)
-    return ("prototypes", steps) if steps > 0 else None
+    return base.frozen_prototypes(config.swav_freeze_prototypes_epochs, config, schedule_steps)
 
   def initial_state(self, config, params, batch_stats, key, embedding_width):
     """Per view, a queue of earlier unit projections (zeros until filled) and its next row;
