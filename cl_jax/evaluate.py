@@ -13,6 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
+from cl_jax import compilation_cache
 from cl_jax import console
 from cl_jax import default_config
 from cl_jax import evaluator
@@ -50,6 +51,7 @@ def main(argv):
     config = with_defaults(json.load(f))
   console.quiet_libraries(flags.FLAGS.verbose)
   multihost.initialize_from_flags()
+  compilation_cache.enable(config)
   try:
     results = evaluator.evaluate_run(config, _WORKDIR.value)
   except evaluator.NoCheckpointError as e:

@@ -247,10 +247,11 @@ class ContrastiveModel(nn.Module):
 
   Returns (features, projections), or (features, predictions) with
   `predict=True`, or (features, (projections, predictions)) with `predict="both"`
-  (SimSiam's and NNCLR's losses read both). With prototypes, (features, scores), or
-  (features, (projections, scores)) with `predict="both"` (SwAV's queue keeps
-  projections). Features (encoder output) are what evaluation uses;
-  projections (or predictions) feed the loss. Without a head, projections are
+  (SimSiam's and NNCLR's losses read both). With prototypes, `predict=True` gives
+  their scores instead of predictions (DINO's and SwAV's losses read them), and
+  `predict="both"` (projections, scores) (SwAV's queue keeps projections). Features
+  (encoder output) are what evaluation uses, beside the projections;
+  projections (or predictions, or scores) feed the loss. Without a head, projections are
   the features. Outputs are float32 whatever the compute dtype, so the loss is
   always computed in float32. `train=True` normalises with the batch's
   statistics (over the devices of `axis_name`) and updates the running
@@ -259,14 +260,14 @@ class ContrastiveModel(nn.Module):
   encoder: nn.Module
   head: nn.Module | None = None
   predictor: nn.Module | None = None
-  prototypes: nn.Module | None = None  # after the head: projections are prototype scores
+  prototypes: nn.Module | None = None  # after the head: scored with predict=True
 
   def __call__(self, x, predict=False, train=False, axis_name=None):
     features = self.encoder(x, train, axis_name)
     projections = features if self.head is None else self.head(features, train, axis_name)
-    if self.prototypes is not None:  # DINO, SwAV
+    if self.prototypes is not None and (predict or self.is_initializing()):  # DINO, SwAV
       scores = self.prototypes(projections)
-      outputs = (projections, scores) if predict == "both" else scores
+      outputs = (projections, scores) if predict == "both" else scores if predict else projections
     elif predict:
       predictions = self.predictor(projections, train, axis_name)
       outputs = (projections, predictions) if predict == "both" else predictions

@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cl_jax import checkpointing
+from cl_jax import compilation_cache
 from cl_jax import config_validation
 from cl_jax import console
 from cl_jax import data
@@ -54,6 +55,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.quiet_libraries(flags.FLAGS.verbose)
   multihost.initialize_from_flags()  # before anything else touches JAX's backends
+  compilation_cache.enable(flags.FLAGS.config)
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   if multihost.is_main_process():
     print(f"workdir: {os.path.abspath(workdir)}", file=sys.stderr)

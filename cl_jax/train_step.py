@@ -140,9 +140,11 @@ def run_keys(seed):
 def initial_variables(model, key, image_shape):
   """The Flax variables a run starts from (parameters, and BN averages where the model has
   BatchNorm; the predictor's too where it has one) and the shapes of what a zero image
-  gives: (variables, (features, loss embeddings))."""
+  gives: (variables, (features, what the loss reads: projections, predictions or
+  prototype scores))."""
+  uses_outputs = model.predictor is not None or model.prototypes is not None
   outputs, variables = model.init_with_output(
-      key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), predict=model.predictor is not None)
+      key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), predict=uses_outputs)
   return variables, jax.tree.map(jnp.shape, outputs)
 
 

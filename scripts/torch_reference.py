@@ -1,5 +1,7 @@
 """PyTorch reference for the benchmark: the same SimpleCNN + head, NT-Xent (fixed), Adam,
-and per-example random resized crop + rotation via affine_grid / grid_sample. torch only."""
+and per-example random resized crop + rotation (+ slant and elastic distortion for
+configs/mnist.py) via affine_grid / grid_sample; ResNet-18 with SimCLR's CIFAR views and
+LARS for configs/cifar10.py. torch only."""
 
 import math
 
@@ -35,9 +37,12 @@ def nt_xent(z1, z2, temperature):
   return F.cross_entropy(logits, targets)
 
 
-def random_views(images, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), degrees=10.0):
-  """Per-example random resized crop then rotation, as one affine warp (bilinear, zeros)."""
-  n = images.shape[0]
+def random_views(images, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), degrees=10.0,
+                 shear_degrees=0.0, elastic_alpha=0.0, elastic_grid=4):
+  """Per-example random resized crop, rotation and (configs/mnist.py) slant as one affine
+  warp, with an elastic displacement (N(0, alpha^2) pixels on a grid x grid lattice,
+  upsampled bicubically) added to the sampling grid; bilinear, zeros outside."""
+  n, _, height, width = images.shape
   device = images.device
   area = torch.empty(n, device=device).uniform_(*scale)
   aspect = torch.exp(torch.empty(n, device=device).uniform_(math.log(ratio[0]),
@@ -48,36 +53,71 @@ def random_views(images, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), degrees=10.0):
   centre_x = (torch.rand(n, device=device) * (1 - crop_w) + crop_w / 2) * 2 - 1
   angle = torch.deg2rad(torch.empty(n, device=device).uniform_(-degrees, degrees))
   cos, sin = torch.cos(angle), torch.sin(angle)
-  theta = torch.stack([torch.stack([crop_w * cos, -crop_w * sin, centre_x], 1),
-                       torch.stack([crop_h * sin, crop_h * cos, centre_y], 1)], 1)
+  # The slant in (x, y) = (col, row): x_in = x + tan(shear) y, before the rotation.
+  tan = torch.tan(torch.deg2rad(torch.empty(n, device=device).uniform_(-shear_degrees,
+                                                                        shear_degrees)))
+  theta = torch.stack([torch.stack([crop_w * cos, crop_w * (cos * tan - sin), centre_x], 1),
+                       torch.stack([crop_h * sin, crop_h * (sin * tan + cos), centre_y], 1)], 1)
   grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+  if elastic_alpha > 0:
+    coarse = elastic_alpha * torch.randn(n, 2, elastic_grid, elastic_grid, device=device)
+    pixels = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    # Pixels to grid_sample's [-1, 1] coordinates: (x, y) order, 2 / size per pixel.
+    scale_xy = torch.tensor([2 / width, 2 / height], device=device)
+    grid = grid + pixels.permute(0, 2, 3, 1) * scale_xy
   return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class TorchTraining:
-  """One training step on an in-memory uint8 dataset [N, 1, 28, 28]."""
+def compiled(function, device):
+  """`torch.compile`d as a PyTorch user tuning for speed would: on a GPU in mode
+  "reduce-overhead", which replays the compiled kernels as CUDA graphs."""
+  return torch.compile(function, mode="reduce-overhead" if device == "cuda" else None)
 
-  def __init__(self, images, batch_size, device="cpu", lr=1e-3, temperature=0.5, seed=0):
+
+class TorchTraining:
+  """One training step on an in-memory uint8 dataset [N, 1, 28, 28]: eager, as the replaced
+  example is written, or with `fast` as a PyTorch user would tune it: the views, forward and
+  loss under `torch.compile` (CUDA graphs on a GPU), channels-last, a fused Adam on a GPU,
+  and bf16 autocast if asked (as cl_jax's dtype)."""
+
+  def __init__(self, images, batch_size, device="cpu", lr=1e-3, temperature=0.5, seed=0,
+               fast=False, bfloat16=False, views=None):
+    """views: keyword arguments of `random_views` (the default recipe's slant and elastic
+    distortion); None = configs/mnist_seed.py's crop and rotation."""
     torch.manual_seed(seed)
+    self.views = views or {}
     self.device = device
     self.images = images.to(device)
     self.batch_size = batch_size
     self.temperature = temperature
+    self.fast, self.bfloat16 = fast, bfloat16
     self.model = SimpleCNN().to(device)
-    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+    if fast:
+      self.model = self.model.to(memory_format=torch.channels_last)
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr,
+                                      fused=fast and device == "cuda")
+    self.loss = compiled(self._loss, device) if fast else self._loss
     self.permutation = torch.randperm(len(images), device=device)
+
+  def _loss(self, batch):
+    views = torch.cat([random_views(batch, **self.views), random_views(batch, **self.views)])
+    if self.fast:
+      views = views.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bfloat16):
+      _, projections = self.model(views)
+    z1, z2 = projections.float().chunk(2)
+    return nt_xent(z1, z2, self.temperature)
 
   def step(self, step):
     start = (step * self.batch_size) % (len(self.images) - self.batch_size + 1)
     batch = self.images[self.permutation[start:start + self.batch_size]].float() / 255.0
-    view1, view2 = random_views(batch), random_views(batch)
-    _, projections = self.model(torch.cat([view1, view2]))
-    z1, z2 = projections.chunk(2)
-    loss = nt_xent(z1, z2, self.temperature)
     self.optimizer.zero_grad(set_to_none=True)
+    if self.fast and self.device == "cuda":
+      torch.compiler.cudagraph_mark_step_begin()  # the last step's graph memory may go
+    loss = self.loss(batch)
     loss.backward()
     self.optimizer.step()
-    return loss
+    return loss.detach().clone()  # CUDA graphs overwrite their outputs at the next replay
 
 
 # CIFAR shape: configs/cifar10.py's recipe (ResNet-18 with the CIFAR stem, a 2048-256
@@ -225,11 +265,10 @@ class Lars(torch.optim.Optimizer):
 
 class CifarTraining:
   """One training step of configs/cifar10.py's recipe on an in-memory uint8 dataset
-  [N, 3, 32, 32]: channels-last, bf16 autocast if asked (as cl_jax's dtype), `torch.compile`
-  if asked."""
+  [N, 3, 32, 32]: channels-last, bf16 autocast if asked (as cl_jax's dtype), the model
+  `compiled` with `fast`."""
 
-  def __init__(self, images, batch_size, device="cpu", compile_model=False, bfloat16=False,
-               seed=0):
+  def __init__(self, images, batch_size, device="cpu", fast=False, bfloat16=False, seed=0):
     self.bfloat16 = bfloat16
     torch.manual_seed(seed)
     self.device = device
@@ -237,7 +276,7 @@ class CifarTraining:
     self.batch_size = batch_size
     self.model = ResNet18Cifar().to(device).to(memory_format=torch.channels_last)
     self.optimizer = Lars(self.model.parameters(), lr=0.4 * batch_size / 256, weight_decay=1e-4)
-    self.forward = torch.compile(self.model) if compile_model else self.model
+    self.forward = compiled(self.model, device) if fast else self.model
     self.permutation = torch.randperm(len(images), device=device)
 
   def step(self, step):

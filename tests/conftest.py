@@ -1,11 +1,21 @@
 """Shared fixtures. Simulates 8 CPU devices; must run before JAX initialises."""
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The baselines' metrics and the compiled programs of the runs the tests start (in this
+# process and in the subprocesses, which inherit it) go to a folder of this session's, not
+# to the user's ~/.cache/cl_jax: a test that kills a run mid-write leaves no torn entry in a
+# cache that outlives the session.
+_CACHE = tempfile.mkdtemp(prefix="cl_jax_test_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("CL_JAX_CACHE", _CACHE)
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -50,6 +50,9 @@ def test_first_run_from_another_directory_trains_and_evaluates(mnist_data_dir, t
     results = json.load(f)
   assert results["steps"] == 10 and 0.5 < results["knn_train_test"] <= 1
   assert (workdir / "report.md").exists() and (workdir / "tsne.png").exists()
+  # The default keeps its compiled programs: one machine's folder under the cache dir.
+  machines = list((tmp_path / "cache" / "xla").iterdir())
+  assert len(machines) == 1 and any(machines[0].iterdir())
 
 
 def test_readme_override_example_has_a_workdir_of_its_own():

@@ -14,6 +14,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
+from cl_jax import evaluation
 from cl_jax import losses
 from cl_jax import methods
 from cl_jax import models
@@ -143,9 +144,9 @@ def test_dino_distils_each_views_teacher_into_the_other_views_student():
   state = state.replace(step=3, method_state={**state.method_state, "momentum_params": momentum,
                                               "centre": jnp.float32(centre)})
   view1, view2 = random_views()
-  student = np.stack([np.asarray(model.apply({"params": state.params}, v)[1], np.float64)
+  student = np.stack([np.asarray(model.apply({"params": state.params}, v, predict=True)[1], np.float64)
                       for v in (view1, view2)])
-  teacher = np.stack([np.asarray(model.apply({"params": momentum}, v)[1], np.float64)
+  teacher = np.stack([np.asarray(model.apply({"params": momentum}, v, predict=True)[1], np.float64)
                       for v in (view1, view2)])
   temperature = 0.04 + 0.03 * 3 / 5
   expected = dino_numpy(student, teacher, centre, 0.1, temperature)
@@ -169,7 +170,7 @@ def test_multi_crop_local_views_are_student_views_only():
     config = sgd_config(name)
     config.augment.local_crops = 2
     model, state = fresh_state(config)
-    scores = np.stack([np.asarray(model.apply({"params": state.params}, v)[1], np.float64)
+    scores = np.stack([np.asarray(model.apply({"params": state.params}, v, predict=True)[1], np.float64)
                        for v in views])
     if name == "dino":
       targets = scores[:2]  # the teacher starts equal to the student; centre 0
@@ -193,6 +194,24 @@ def test_prototype_scores_are_cosines_with_unit_prototypes():
   expected = np.zeros((5, 7))
   expected[1:] = unit_rows(x[1:]) @ unit_rows(kernel.T).T
   np.testing.assert_allclose(layer.apply(params, jnp.float32(x)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dino", "swav"])
+def test_evaluation_reads_the_heads_projections_not_the_prototype_scores(name):
+  """The monitor's and the evaluation's "projection" metrics embed with `predict=False`:
+  that is the head's output (projection_dim wide), computed here from the head's own
+  layers; the prototype scores (model.prototypes wide) are the loss's business only."""
+  config = sgd_config(name)
+  model, state = fresh_state(config)
+  images = np.random.default_rng(4).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+  features, projections = evaluation.embed(model, {"params": state.params}, images, 12)
+  head = lambda f: model.apply({"params": state.params}, f, method=lambda m, f: m.head(f))
+  assert projections.shape == (12, config.model.projection_dim) != (12, config.model.prototypes)
+  np.testing.assert_allclose(projections, head(jnp.float32(features)), rtol=1e-5, atol=1e-6)
+  # Any initialisation makes the prototypes, whichever outputs it asks for.
+  for predict in (False, True):
+    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), predict=predict)["params"]
+    assert params["prototypes"]["kernel"].shape == state.params["prototypes"]["kernel"].shape
 
 
 def test_dino_train_steps_on_four_devices_equal_one():

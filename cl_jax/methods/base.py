@@ -53,7 +53,7 @@ class Method:
   name = None
   uses_predictor = False  # the model gets a predictor after the projection head (model.predictor_*)
   uses_labels = False  # the loss reads class labels: pre-training leaves the validation split out
-  uses_prototypes = False  # the head ends in prototypes (model.prototypes): its outputs are scores
+  uses_prototypes = False  # prototypes after the head (model.prototypes), scored with predict=True
   uses_local_views = False  # the loss reads multi-crop's local views (augment.local_crops)
 
   def check_config(self, config, fail):
@@ -117,14 +117,16 @@ def forward_views(state, params, batch_stats, view1, view2, axis_name, predict=F
   return out1, out2, new_stats, jax.lax.stop_gradient(features)
 
 
-def forward_local_views(state, params, batch_stats, local_views, axis_name):
+def forward_local_views(state, params, batch_stats, local_views, axis_name, predict=False):
   """Multi-crop's local views [L, n, ...] through the network in one training-mode pass of
   their own (they may be smaller than the global views: DINO's multi-crop wrapper runs each
-  resolution apart); returns their outputs [L, n, ...]. BN normalises with these views'
-  statistics; the running averages keep the global views' pass, not this one's."""
+  resolution apart); returns their outputs [L, n, ...] for `predict` (as `forward`). BN
+  normalises with these views' statistics; the running averages keep the global views'
+  pass, not this one's."""
   count, n = local_views.shape[:2]
   _, outputs, _ = forward(state, params, batch_stats,
-                          local_views.reshape((count * n,) + local_views.shape[2:]), axis_name)
+                          local_views.reshape((count * n,) + local_views.shape[2:]), axis_name,
+                          predict)
   return outputs.reshape((count, n) + outputs.shape[1:])
 
 
@@ -164,12 +166,13 @@ class MomentumMethod(Method):
     del step, schedule_steps
     return config.momentum
 
-  def momentum_outputs(self, state, view1, view2, axis_name):
-    """The momentum network's outputs for both views (constants of the step) and its
-    updated BatchNorm averages (None without BN)."""
+  def momentum_outputs(self, state, view1, view2, axis_name, predict=False):
+    """The momentum network's outputs for both views and `predict` (constants of the step)
+    and its updated BatchNorm averages (None without BN)."""
     m = state.method_state
     out1, out2, stats, _ = forward_views(state, m["momentum_params"],
-                                         m.get("momentum_batch_stats"), view1, view2, axis_name)
+                                         m.get("momentum_batch_stats"), view1, view2, axis_name,
+                                         predict)
     return jax.lax.stop_gradient(out1), jax.lax.stop_gradient(out2), stats
 
   def after_step(self, state, step, aux, config, schedule_steps, axis_name):

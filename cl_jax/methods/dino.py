@@ -58,12 +58,12 @@ class DINO(base.CosineMomentumMethod):
            schedule_steps, local_views):
     del batch
     s1, s2, batch_stats, features = base.forward_views(state, params, state.batch_stats, view1,
-                                                       view2, axis_name)
+                                                       view2, axis_name, predict=True)
     student = jnp.stack([s1, s2])
     if local_views is not None:  # the student alone sees them
       student = jnp.concatenate([student, base.forward_local_views(
-          state, params, state.batch_stats, local_views, axis_name)])
-    t1, t2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name)
+          state, params, state.batch_stats, local_views, axis_name, predict=True)])
+    t1, t2, momentum_stats = self.momentum_outputs(state, view1, view2, axis_name, predict=True)
     teacher = jnp.stack([t1, t2])
     value = losses.dino_cross_entropy(
         student, teacher, state.method_state["centre"],

@@ -91,7 +91,7 @@ class SwAV(base.Method):
     scores = jnp.stack([p1, p2])
     if local_views is not None:  # predicted from, never assigned
       scores = jnp.concatenate([scores, base.forward_local_views(
-          state, params, state.batch_stats, local_views, axis_name)])
+          state, params, state.batch_stats, local_views, axis_name, predict=True)])
     value = losses.cross_view_cross_entropy(jnp.stack(assignments),
                                             scores / config.swav_temperature)
     unit = jax.lax.stop_gradient(jnp.stack([losses.l2_normalize(z1), losses.l2_normalize(z2)]))
