@@ -10,9 +10,8 @@ its own.
 
 A compiled program is code that the process runs: whoever can write to the cache
 can run code as its user (JAX's warning). The baselines' cache may be shared by
-several users (its files are readable by all), the compiled programs are not: their
-folder belongs to this user and only this user may write to it, or the cache stays
-off.
+several users (its files are readable by all), the compiled programs are not: each
+user has a folder (xla-<uid>) that must be theirs alone, or the cache stays off.
 """
 
 import hashlib
@@ -53,18 +52,34 @@ def machine_fingerprint(devices=None):
 
 
 def cache_path(config, devices=None):
-  return os.path.join(evaluator.cache_dir(config), "xla", machine_fingerprint(devices))
+  """<cache dir>/xla-<uid>/<machine>: a folder of this user's own inside a cache dir that
+  several users may share."""
+  user = f"xla-{os.getuid()}" if hasattr(os, "getuid") else "xla"
+  return os.path.join(os.path.abspath(evaluator.cache_dir(config)), user,
+                      machine_fingerprint(devices))
 
 
 def unsafe_reason(path):
-  """Why a folder of compiled programs must not be used (None if it may): another user
-  owns it, or others may write to it."""
-  info = os.stat(path)
-  if hasattr(os, "getuid") and info.st_uid != os.getuid():
+  """Why a folder of compiled programs must not be used (None if it may): it is a link,
+  another user owns it, or others may write to it (POSIX only: elsewhere folders report
+  no owner or modes worth reading)."""
+  info = os.lstat(path)
+  if stat.S_ISLNK(info.st_mode):
+    return f"{path} is a symbolic link"
+  if not hasattr(os, "getuid"):
+    return None
+  if info.st_uid != os.getuid():
     return f"{path} belongs to another user"
   if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
     return f"others may write to {path}"
   return None
+
+
+def _warn_off(reason):
+  if jax.process_index() == 0:
+    logger.warning("compilation cache off: %s (--config.compilation_cache=False silences "
+                   "this; or make the folder yours alone, e.g. chmod go-w, or name another "
+                   "with --config.cache_dir or $CL_JAX_CACHE)", reason)
 
 
 def enable(config):
@@ -79,15 +94,17 @@ def enable(config):
                                                   or os.environ.get(evaluator.CACHE_ENV)):
     return jax.config.jax_compilation_cache_dir
   path = cache_path(config)
-  os.makedirs(os.path.dirname(os.path.dirname(path)), exist_ok=True)  # the shared cache dir
-  for folder in (os.path.dirname(path), path):  # .../xla and its machine's folder: ours
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    reason = unsafe_reason(folder)
-    if reason:  # a folder made by someone else, or opened up since
-      logger.warning("compilation cache off: %s, and a compiled program in it would run as "
-                     "this user (set --config.cache_dir or $CL_JAX_CACHE to a folder of "
-                     "your own)", reason)
-      return None
+  try:
+    os.makedirs(os.path.dirname(os.path.dirname(path)), exist_ok=True)  # the shared cache dir
+    for folder in (os.path.dirname(path), path):  # .../xla-<uid> and its machine's: ours
+      os.makedirs(folder, mode=0o700, exist_ok=True)
+      reason = unsafe_reason(folder)
+      if reason:  # made by someone else, or opened up since: its programs would run as us
+        _warn_off(reason)
+        return None
+  except OSError as e:  # a read-only or missing home, a file in the way: run uncached
+    _warn_off(f"{path} cannot be made ({e})")
+    return None
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   if jax.config.jax_compilation_cache_dir != path:
     jax_cache.set_cache_dir(path)

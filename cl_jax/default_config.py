@@ -193,5 +193,5 @@ def get_config():
   config.eval_batch_size = 1000  # Images per forward pass when embedding a split.
   config.tsne_points = 1000  # Test embeddings shown in tsne.png.
   config.cache_dir = ""  # Baselines' metrics and compiled programs; "" = $CL_JAX_CACHE or ~/.cache/cl_jax.
-  config.compilation_cache = True  # JAX's persistent compilation cache in <cache_dir>/xla/<machine>: repeated runs skip compiling; False leaves JAX's own setting (off unless JAX_COMPILATION_CACHE_DIR is set).
+  config.compilation_cache = True  # JAX's persistent compilation cache in <cache_dir>/xla-<uid>/<machine>: repeated runs skip compiling; False leaves JAX's own setting (off unless JAX_COMPILATION_CACHE_DIR is set).
   return config

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # cache that outlives the session.
 _CACHE = tempfile.mkdtemp(prefix="cl_jax_test_cache_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault("CL_JAX_CACHE", _CACHE)
+os.environ["CL_JAX_CACHE"] = _CACHE
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -51,7 +51,7 @@ def test_first_run_from_another_directory_trains_and_evaluates(mnist_data_dir, t
   assert results["steps"] == 10 and 0.5 < results["knn_train_test"] <= 1
   assert (workdir / "report.md").exists() and (workdir / "tsne.png").exists()
   # The default keeps its compiled programs: one machine's folder under the cache dir.
-  machines = list((tmp_path / "cache" / "xla").iterdir())
+  machines = list((tmp_path / "cache" / f"xla-{os.getuid()}").iterdir())
   assert len(machines) == 1 and any(machines[0].iterdir())
 
 
