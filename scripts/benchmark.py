@@ -81,10 +81,17 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, ke
   state = training.dp.put_state(
       train_step_lib.create_train_state(model, tx, init_key, images.shape[1:]))
 
+  def trip_counts(first, count):
+    """The steps of each call that runs global steps first .. first + count - 1."""
+    counts, step = [], first
+    while step < first + count:
+      counts.append(training.steps_this_call(step, first + count, []))
+      step += counts[-1]
+    return counts
+
   def run(state, first, count):
     step = first
-    while step < first + count:
-      n = training.steps_this_call(step, first + count, [])
+    for n in trip_counts(first, count):
       state, metrics = training.run(state, step, n, shuffle_key, augment_key)
       step += n
     return state, {k: v[n - 1] for k, v in metrics.items()}
@@ -94,9 +101,16 @@ def measure_jax(batch_size, steps, warmup, parallel, dtype, steps_per_call=0, ke
   jax.block_until_ready(metrics)
   first_call = time.perf_counter() - start
   state, metrics = run(state, per_call, warmup)
+  # Each trip count is a program of its own: compile those the timed steps need and the
+  # warm-up did not, with one call each at the start of the timed steps' epoch.
+  timed = per_call + warmup
+  compiled = set(trip_counts(0, per_call)) | set(trip_counts(per_call, warmup))
+  for n in sorted(set(trip_counts(timed, steps)) - compiled):
+    state, metrics = training.run(state, timed // steps_per_epoch * steps_per_epoch, n,
+                                  shuffle_key, augment_key)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  state, metrics = run(state, per_call + warmup, steps)
+  state, metrics = run(state, timed, steps)
   jax.block_until_ready(metrics)
   seconds = time.perf_counter() - start
   stats = devices[0].memory_stats() or {}
@@ -116,6 +130,8 @@ def measure_torch(batch_size, steps, warmup, workload="mnist", fast=False, dtype
   import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if fast:  # each batch size compiles afresh, as in a run of its own (no dynamic shapes)
+    torch._dynamo.reset()  # pylint: disable=protected-access
   _, (height, width, channels), num_images = WORKLOADS[workload]
   images = torch.randint(0, 256, (num_images, channels, height, width), dtype=torch.uint8)
   if workload == "cifar10":

@@ -33,7 +33,9 @@ def nt_xent(z1, z2, temperature):
   n = z1.shape[0]
   logits = z @ z.T / temperature
   logits.fill_diagonal_(float("-inf"))
-  targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+  # Made on z's device: a CPU tensor in a compiled graph stops inductor's CUDA graphs.
+  targets = torch.cat([torch.arange(n, 2 * n, device=z.device),
+                       torch.arange(n, device=z.device)])
   return F.cross_entropy(logits, targets)
 
 
