@@ -401,13 +401,16 @@ def check_default_run_twice(args):
     out = os.path.join(args.out, name)
     shutil.rmtree(out, ignore_errors=True)  # no earlier report.json or workdir to resume
     start = time.perf_counter()
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--idx_dir", args.idx_dir,
-                    "--out", out, "--sections", "run_once", "--config", args.config,
-                    "--cache_dir", cache_dir]
-                   + [f"--run_override={o}" for o in args.run_override], check=False, env=env,
-                   timeout=300)  # a hung child must not take the device's whole budget
-    with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
-      runs[name] = json.load(f).get("run_once") or {}
+    try:
+      subprocess.run([sys.executable, os.path.abspath(__file__), "--idx_dir", args.idx_dir,
+                      "--out", out, "--sections", "run_once", "--config", args.config,
+                      "--cache_dir", cache_dir]
+                     + [f"--run_override={o}" for o in args.run_override], check=False,
+                     env=env, timeout=300)  # a hung child must not take the device's budget
+      with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+        runs[name] = json.load(f).get("run_once") or {}
+    except subprocess.TimeoutExpired:
+      runs[name] = {"error": "timed out after 300 s"}
     runs[name]["process_seconds"] = time.perf_counter() - start
     print(f"  {name}: {runs[name].get('process_seconds', 0):.1f} s in all, "
           f"{runs[name].get('wall_seconds_train_and_evaluate', float('nan')):.1f} s train + "

@@ -131,7 +131,7 @@ def measure_torch(batch_size, steps, warmup, workload="mnist", fast=False, dtype
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   if fast:  # each batch size compiles afresh, as in a run of its own (no dynamic shapes)
-    torch._dynamo.reset()  # pylint: disable=protected-access
+    torch.compiler.reset()
   _, (height, width, channels), num_images = WORKLOADS[workload]
   images = torch.randint(0, 256, (num_images, channels, height, width), dtype=torch.uint8)
   if workload == "cifar10":
