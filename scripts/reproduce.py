@@ -31,6 +31,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cl_jax import config_files
+from cl_jax import default_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,15 +109,30 @@ def command_config(command):
   return flag_values.config
 
 
+def with_defaults(saved, defaults):
+  """A saved config (nested dicts) with each field it lacks taken from `defaults`."""
+  merged = dict(saved)
+  for key, default in defaults.items():
+    if key not in saved:
+      merged[key] = default
+    elif isinstance(default, dict) and isinstance(saved[key], dict):
+      merged[key] = with_defaults(saved[key], default)
+  return merged
+
+
 def ran_same_config(workdir, command):
   """Whether WORKDIR/config.json (the config its run trained with, written by the trainer)
-  is the config `command` gives now: catches a config file edited since the run. Exact
-  equality: a field added to the library's config since the run also retrains it."""
+  is the config `command` gives now: catches a config file edited since the run. A field
+  added to the library's config since the run counts as its default, what runs did before
+  it existed (as `checkpointing.config_differences` reads a resumed run's config); every
+  other field must be equal."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False
   with open(path, encoding="utf-8") as f:
-    return json.load(f) == json.loads(command_config(command).to_json())
+    saved = json.load(f)
+  defaults = json.loads(default_config.get_config().to_json())
+  return with_defaults(saved, defaults) == json.loads(command_config(command).to_json())
 
 
 def train(command, workdir, seed):

@@ -480,7 +480,8 @@ def encoder_knn(config, variables, train, test):
 # (0.5: 93.0%), 512 steps 96.7%.
 # Barlow Twins and SimSiam too: 128 steps left Barlow Twins at 91.4% against 90.9% at
 # initialisation and SimSiam at 89.9% (both above 98% after 5 epochs); DINO at 90.5% and
-# SwAV at 90.7% against 90.9% (their teacher temperature and queue start after an epoch).
+# SwAV (with the queue of its config before 2026-12-06) at 90.7% against 90.9% (their
+# teacher temperature and the queue start after an epoch).
 QUALITY_EXAMPLES = {"byol": 8192, "simclr": 8192, "barlow_twins": 8192, "simsiam": 8192,
                     "dino": 8192, "swav": 8192}
 

@@ -251,10 +251,24 @@ def test_reproduce_resumes_with_reuse(scripts, tmp_path, monkeypatch):
   assert f"--config.seed={seeds[0]}" in reproduce.commands[-1]
   assert f"(`--reuse`): mnist_seed, seed {seeds[1]};" in out.read_text(encoding="utf-8")
 
+  # A field the library's config gained since the run (dropped from its config.json here)
+  # counts as its default: reused; a saved value other than the default is not.
+  run_config = workdir / "mnist_seed" / f"seed{seeds[1]}" / "config.json"
+  saved = json.loads(run_config.read_text(encoding="utf-8"))
+  del saved["data_placement"], saved["augment"]["blur_sigma"]
+  run_config.write_text(json.dumps(saved), encoding="utf-8")
+  reproduce.main()
+  assert len(reproduce.commands) == 4
+  saved["augment"]["flip_probability"] = 1 - mnist_seed.get_config().augment.flip_probability
+  run_config.write_text(json.dumps(saved), encoding="utf-8")
+  reproduce.main()
+  assert len(reproduce.commands) == 5
+  assert f"--config.seed={seeds[1]}" in reproduce.commands[-1]
+
   # Another command (here another data dir) is not the same run: trained again.
   monkeypatch.setattr(sys, "argv", argv + ["--reuse", "--data_dir", str(tmp_path / "tfds")])
   reproduce.main()
-  assert len(reproduce.commands) == 6
+  assert len(reproduce.commands) == 7
   assert "--reuse" not in out.read_text(encoding="utf-8")
 
 
