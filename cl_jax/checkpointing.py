@@ -75,7 +75,7 @@ RESUMABLE_CHANGES = frozenset({
     "checkpoint_every_steps", "keep_checkpoints", "resume", "data_dir", "data_download",
     "knn_k", "weighted_knn_k", "weighted_knn_temperature", "eval_every_epochs", "monitor_bank_size", "monitor_query_size",
     "evaluate_at_end", "eval_train_examples", "eval_batch_size", "tsne_points", "cache_dir",
-    "compilation_cache",
+    "compilation_cache", "data_placement", "stream_read_threads", "stream_prefetch_steps",
     # What the monitor and the evaluation hold out; label-reading methods train without it,
     # which trainer.check_resumable checks for them.
     "validation_examples",

@@ -13,6 +13,7 @@ from cl_jax import evaluation
 from cl_jax import methods
 from cl_jax import models
 from cl_jax import parallel
+from cl_jax import streaming
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 LR_SCHEDULES = ("constant", "cosine")
@@ -117,6 +118,17 @@ def validate(config, num_devices, reference_config=None, num_processes=1):
   _check_choice(config, "model.encoder", encoders.ENCODERS)
   _check_choice(config, "model.resnet_stem", RESNET_STEMS)
   _check_choice(config, "matmul_precision", MATMUL_PRECISIONS)
+  _check_choice(config, "data_placement", streaming.PLACEMENTS)
+  if config.data_placement == "stream":
+    if config.parallel != "shard_map":
+      _fail("parallel", config.parallel, "the streamed path (data_placement='stream') needs "
+            "shard_map")
+    if config.steps_per_call > 1:
+      _fail("steps_per_call", config.steps_per_call, "the streamed path "
+            "(data_placement='stream') runs one step a call: need 0 or 1")
+  for field in ("stream_read_threads", "stream_prefetch_steps"):
+    if isinstance(config[field], bool) or not isinstance(config[field], int) or config[field] < 1:
+      _fail(field, config[field], "must be a positive integer")
   if num_processes > 1:
     if config.parallel != "shard_map":
       _fail("parallel", config.parallel, "several processes need shard_map")

@@ -35,6 +35,14 @@ def get_config():
   # (no labels are used); methods that use labels (supcon) pre-train without them. 0 = no
   # validation split (the monitor must then be off).
   config.validation_examples = 10000
+  # Where the pre-training images are during training: "device" (the whole split on every
+  # device, each step's batch gathered there), "stream" (read each step by Grain from the
+  # dataset's ArrayRecord files, each process its own share, prefetched to the devices:
+  # the same batches, for data larger than the devices' memory; one step a call), or "auto":
+  # "stream" where the split takes more than a quarter of a device's memory (cl_jax/streaming.py).
+  config.data_placement = "auto"
+  config.stream_read_threads = 8  # Grain threads reading streamed steps (at most this many steps at once).
+  config.stream_prefetch_steps = 8  # How many steps ahead the readers put batches on the devices.
 
   # Views, per example on device, in SimCLR's order: a random resized crop, rotation,
   # shear and elastic distortion (one warp), a horizontal flip, a colour jitter, a random

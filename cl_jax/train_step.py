@@ -11,6 +11,7 @@ from flax.training import train_state
 from cl_jax import augment
 from cl_jax import methods
 from cl_jax import online_probe
+from cl_jax import parallel
 
 
 def peak_learning_rate(config):
@@ -224,3 +225,17 @@ def train_step(state, batch, rng, *, config, axis_name=None, schedule_steps=None
     state = state.replace(probe=probe)
     metrics.update(probe_metrics)
   return state, metrics
+
+
+def data_parallel(config, devices, schedule_steps):
+  """`train_step` mapped over `devices` (parallel.DataParallel, config.parallel)."""
+  return parallel.DataParallel(
+      functools.partial(train_step, config=config, axis_name=parallel.AXIS,
+                        schedule_steps=schedule_steps),
+      config.parallel, devices)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def epoch_permutation(shuffle_key, epoch, num_examples):
+  """The order in which epoch `epoch` visits the pre-training examples."""
+  return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from cl_jax import checkpointing
 from cl_jax import config_validation
 from cl_jax import data
+from cl_jax.data import records
 from cl_jax import default_config
 from cl_jax import evaluation
 from cl_jax import evaluator
@@ -26,6 +27,7 @@ from cl_jax import models
 from cl_jax import multihost
 from cl_jax import online_probe
 from cl_jax import parallel
+from cl_jax import streaming
 from cl_jax import train_step as train_step_lib
 
 logger = logging.getLogger(__name__)
@@ -85,11 +87,6 @@ class KnnMonitor:
     return accuracies
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _epoch_permutation(shuffle_key, epoch, num_examples):
-  return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
-
-
 def resolve_steps_per_call(config, steps_per_epoch, platform):
   """config.steps_per_call, with 0 (automatic) = one call per logged interval (the host
   reads metrics then anyway), at most an epoch; but one step per call on the devices'
@@ -124,10 +121,7 @@ class OnDeviceTraining:
     self.num_examples = len(images)
     self.steps_per_epoch = self.num_examples // self.batch_size
     self.steps_per_call = steps_per_call
-    self.dp = parallel.DataParallel(
-        functools.partial(train_step_lib.train_step, config=config, axis_name=parallel.AXIS,
-                          schedule_steps=schedule_steps),
-        config.parallel, devices)
+    self.dp = train_step_lib.data_parallel(config, devices, schedule_steps)
     self.data = jax.device_put({"image": images, "label": labels},
                                self.dp.replicated_sharding() or devices[0])
     self._select_batch = jax.jit(self._batch, out_shardings=self.dp.batch_sharding())
@@ -180,7 +174,8 @@ class OnDeviceTraining:
     assert 0 < count <= self.steps_per_call and (step + count - 1) // self.steps_per_epoch == epoch
     if epoch != self._epoch:
       self._epoch = epoch
-      self._permutation = _epoch_permutation(shuffle_key, epoch, self.num_examples)
+      self._permutation = train_step_lib.epoch_permutation(shuffle_key, epoch,
+                                                               self.num_examples)
     if self._run is not None:
       return self._run(state, self.data, self._permutation, np.int32(step), count, augment_key)
     # One dispatch per step: pmap (maintenance mode in JAX), and one step per call.
@@ -190,6 +185,9 @@ class OnDeviceTraining:
       state, metrics = self.dp.step(state, batch, jax.random.fold_in(augment_key, s))
       every.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *every)
+
+  def close(self):
+    """Nothing to stop: the data are arrays on the devices (StreamedTraining has readers)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -240,15 +238,17 @@ def check_finite(first_step, count, metrics):
                          "stopped, the last good checkpoint is kept")
 
 
-def load_training_data(config, data_dir):
+def load_training_data(config, data_dir, placement="device"):
   """(pre-training split, validation split, the rest of the training split) of
-  config.dataset: the validation split is the first `validation_examples` training images;
+  config.dataset, as in-memory `data.Split`s (`placement` "device") or `records.RecordSplit`s
+  ("stream"): the validation split is the first `validation_examples` training images;
   a method that reads labels pre-trains on the rest only, a label-free one on the whole
   training split, the validation split's labels hidden (-1: the online probe must not
   learn them), followed by `unlabelled_split`'s images (their labels, if the split has any,
   hidden too) if any; `max_train_examples` then keeps the first that many pre-training
   images."""
-  full = data.load_for(config, "train", data_dir)
+  load_for = records.load_for if placement == "stream" else data.load_for
+  full = load_for(config, "train", data_dir)
   try:
     validation, rest = data.split_validation(full, config.validation_examples)
   except ValueError as e:
@@ -257,10 +257,10 @@ def load_training_data(config, data_dir):
     train = rest
   else:
     hidden = np.arange(len(full)) < len(validation)  # the validation split's rows
-    train = data.Split(images=full.images, labels=np.where(hidden, -1, full.labels))
+    train = full.with_labels(np.where(hidden, -1, full.labels))
   if config.unlabelled_split:
     train = train.concatenate(
-        data.load_for(config, config.unlabelled_split, data_dir).unlabelled())
+        load_for(config, config.unlabelled_split, data_dir).unlabelled())
   if config.max_train_examples >= 0:
     train = train[:config.max_train_examples]
   if (config.online_probe_learning_rate > 0 and not np.any(train.labels >= 0)
@@ -366,7 +366,8 @@ def train_and_evaluate(config, workdir):
 
   # Data and schedule.
   data_dir = config.data_dir or data.default_data_dir()
-  train, validation, rest = load_training_data(config, data_dir)
+  placement = streaming.placement(config, data_dir, devices)
+  train, validation, rest = load_training_data(config, data_dir, placement)
   steps_per_epoch = len(train) // config.batch_size
   if steps_per_epoch == 0:
     raise config_validation.ConfigError(
@@ -382,7 +383,7 @@ def train_and_evaluate(config, workdir):
   init_key, shuffle_key, augment_key = train_step_lib.run_keys(config.seed)
   state = train_step_lib.create_train_state(
       model, train_step_lib.create_optimizer(config, steps_per_epoch, schedule_steps), init_key,
-      train.images.shape[1:], config, num_classes=num_classes(validation, rest))
+      train.image_shape, config, num_classes=num_classes(validation, rest))
   base_key = jax.random.key_data(jnp.stack([shuffle_key, augment_key]))
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored_step, tree = checkpointer.restore_latest(checkpointing.state_to_tree(
@@ -414,9 +415,12 @@ def train_and_evaluate(config, workdir):
   shuffle_key, augment_key = jax.random.wrap_key_data(base_key)
 
   # The train step on the devices, the online monitor and the logs.
-  steps_per_call = resolve_steps_per_call(config, steps_per_epoch, devices[0].platform)
-  training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps,
-                              steps_per_call)
+  if placement == "stream":
+    training = streaming.StreamedTraining(config, devices, train, schedule_steps)
+  else:
+    training = OnDeviceTraining(config, devices, train.images, train.labels, schedule_steps,
+                                resolve_steps_per_call(config, steps_per_epoch,
+                                                       devices[0].platform))
   dp = training.dp
   state = dp.put_state(jax.device_get(state))
 
@@ -494,6 +498,7 @@ def train_and_evaluate(config, workdir):
       jax.block_until_ready(state)
       loop_end = time.perf_counter()
   finally:
+    training.close()
     progress.close()
     checkpointer.wait()
     checkpointer.close()
@@ -512,7 +517,8 @@ def train_and_evaluate(config, workdir):
       # False where an earlier segment's checkpoint predates the record of its time.
       "train_seconds_complete": trained_seconds is not None,
       "first_call_seconds": first_call_end - train_start,  # this segment's; compilation included
-      "steps_per_call": steps_per_call,
+      "steps_per_call": training.steps_per_call,
+      "data_placement": placement,
       # This segment's steady state; None when its first call was all of it.
       "images_per_second": (steady_steps * config.batch_size / steady_seconds
                             if steady_steps > 0 else None),

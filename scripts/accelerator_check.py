@@ -17,6 +17,9 @@ the IDX files, TensorBoard is skipped). In order:
 5. training throughput (scripts/benchmark.py's loop): batch sizes, steps per
    call, float32 / bfloat16, XLA / custom kernels; the PyTorch reference too
    where torch sees the GPU;
+5b. (stream) the streamed data path (cl_jax/streaming.py, Grain: carry its wheel where
+   the image lacks it) against the data on the device: the trainer's images/s, and the
+   parameters against one step per call on the device (the same batches);
 6. (--sections drift) where one step per call and 8 per call part, per step,
    at the default matmul precision and at HIGHEST;
 7. (--sections ablations) the batch-norm and triplet-mining ablations of
@@ -33,6 +36,12 @@ checkout, and put the wheel on the path (Python imports from a wheel file as fro
   # there (carry runs/gpu; --out outside $OUT, then copy the report.json files into it):
   PYTHONPATH=$(ls $PWD/runs/gpu/ml_collections-*.whl) python scripts/accelerator_check.py \
     --idx_dir runs/gpu --out /tmp/acc
+
+Section 5b needs Grain, a compiled wheel (it cannot be imported from the zip): download it
+and what it imports for the image's Python (`pip download --no-deps --python-version 3.X
+--only-binary=:all: -d runs/gpu/wheels grain array_record cloudpickle portpicker`) and
+`pip install --no-deps runs/gpu/wheels/*.whl` there first; without it the section reports
+the import error and the others run.
 """
 
 import argparse
@@ -72,6 +81,21 @@ def idx_loader(idx_dir):
       return whole
     return data.Split(images=whole.images[:max_examples], labels=whole.labels[:max_examples])
   return load_split
+
+
+def record_split(split):
+  """A records.RecordSplit over an in-memory data.Split: what the streamed path reads where
+  TFDS's ArrayRecord data source is absent (the images come from the IDX files)."""
+  from cl_jax.data import records  # pylint: disable=g-import-not-at-top
+
+  class Source:  # a random-access source as TFDS's data source is: example i as a dict
+    def __len__(self):
+      return len(split)
+
+    def __getitem__(self, i):
+      return {"image": split.images[i], "label": split.labels[i]}
+  return records.RecordSplit([Source()], np.zeros(len(split), np.int32), np.arange(len(split)),
+                             split.labels, split.image_shape, 0)
 
 
 def mnist_info(dataset, data_dir=None, image_size=0):
@@ -273,6 +297,29 @@ def check_steps_per_call(out_dir):
   return {"equal_params_sha256": shas[1] == shas[0], "sha256": shas}
 
 
+def check_streaming(out_dir, quick):
+  """Section 5b: the default config for 2,000 steps (200 with --quick), monitor and
+  evaluation off, with the data on the device (automatic steps per call, then one step per
+  call) and streamed."""
+  from cl_jax import trainer  # pylint: disable=g-import-not-at-top
+  runs = {}
+  for name, overrides in (("device", {}), ("device_one_step_per_call", {"steps_per_call": 1}),
+                          ("stream", {"data_placement": "stream"})):
+    config = quick_config("mnist", {"max_steps": 200 if quick else 2000,
+                                    "evaluate_at_end": False, "eval_every_epochs": 0,
+                                    "data_placement": "device", **overrides})
+    start = time.perf_counter()
+    results = trainer.train_and_evaluate(config, os.path.join(out_dir, f"placement_{name}"))
+    runs[name] = {key: results[key] for key in ("images_per_second", "first_call_seconds",
+                                                "train_seconds", "params_sha256")}
+    runs[name]["wall_seconds"] = time.perf_counter() - start
+    print(f"  {name}: {runs[name]['images_per_second']:.0f} images/s, "
+          f"{runs[name]['wall_seconds']:.1f} s", flush=True)
+  runs["stream_equals_one_step_per_call"] = (runs["stream"]["params_sha256"]
+                                             == runs["device_one_step_per_call"]["params_sha256"])
+  return runs
+
+
 def check_drift(train):
   """Section 6: the per-step losses of 16 steps run one per call against two calls of 8,
   at the backend's default matmul precision and at HIGHEST: where do they part?"""
@@ -422,7 +469,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--idx_dir", required=True, help="folder with the four MNIST IDX files")
   parser.add_argument("--out", required=True, help="folder for report.json and workdirs")
-  parser.add_argument("--sections", default="kernels,precision,run,steps_per_call,throughput")
+  parser.add_argument("--sections",
+                      default="kernels,precision,run,steps_per_call,throughput,stream")
   parser.add_argument("--config", default="mnist", help="config of the end-to-end run")
   parser.add_argument("--quick", action="store_true", help="a small throughput grid")
   parser.add_argument("--run_override", action="append", default=[],
@@ -436,9 +484,12 @@ def main():
   os.makedirs(args.out, exist_ok=True)
 
   from cl_jax import config_validation, data  # pylint: disable=g-import-not-at-top
+  from cl_jax.data import records  # pylint: disable=g-import-not-at-top
   data.load_split = idx_loader(args.idx_dir)
   data.load_for = lambda config, split, data_dir, max_examples=-1: data.load_split(
       config.dataset, split, data_dir, max_examples)
+  records.load_for = lambda config, split, data_dir: record_split(
+      data.load_for(config, split, data_dir))
   config_validation.check_dataset = lambda config: None  # TFDS may be absent; MNIST is known
   data.dataset_info = mnist_info  # the evaluation's t-SNE legend reads it
   report = {"jax": jax.__version__, "backend": jax.default_backend(),
@@ -448,6 +499,7 @@ def main():
   sections = {"kernels": lambda: check_kernels(train), "precision": check_precision,
               "throughput": lambda: check_throughput(args.quick),
               "steps_per_call": lambda: check_steps_per_call(args.out),
+              "stream": lambda: check_streaming(args.out, args.quick),
               "drift": lambda: check_drift(train),
               "ablations": lambda: check_ablations(args.out, train, args.ablations),
               "run": lambda: check_default_run_twice(args),

@@ -27,9 +27,10 @@ def class_images(labels, shape, num_classes, seed):
   return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def store(name, data_dir, split_sizes, seed=0, image_shape=None):
+def store(name, data_dir, split_sizes, seed=0, image_shape=None, file_format=None):
   """Stores fake `name` in `data_dir`: {split: number of examples}; a split named
-  "unlabelled" gets label -1, as STL-10's. Returns the data dir."""
+  "unlabelled" gets label -1, as STL-10's; in `file_format` (TFDS's default if None, or
+  "array_record"). Returns the data dir."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   registered = tfds.builder(name)
@@ -50,5 +51,5 @@ def store(name, data_dir, split_sizes, seed=0, image_shape=None):
     splits[split] = tf.data.Dataset.from_tensor_slices(examples)
   tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version=str(registered.VERSION), features=features, split_datasets=splits,
-      data_dir=str(data_dir), disable_shuffling=True)
+      data_dir=str(data_dir), disable_shuffling=True, file_format=file_format)
   return str(data_dir)

@@ -98,13 +98,11 @@ def finish(launched, timeout=600):
   return finished
 
 
-@pytest.mark.long  # ~3 min: four training processes, two evaluations and a reference run
-def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_dir, tmp_path):
-  cache = str(tmp_path / "cache")
-  workdir = str(tmp_path / "two_processes")
-  launched = launch(train_command(mnist_data_dir, workdir), str(tmp_path / "first"), cache)
-  # SIGTERM to process 1 only, once both joined the cluster (process 0 writes
-  # config.json after a barrier) and before the first step's compilation ends.
+def preempt_process_1(command, workdir, log_prefix, cache_dir):
+  """Launches `command` as two processes and sends SIGTERM to process 1 only, once both
+  joined the cluster (process 0 writes WORKDIR/config.json after a barrier) and before the
+  first step's compilation ends; both must exit as preempted. Returns the step each saved."""
+  launched = launch(command, log_prefix, cache_dir)
   config_json = os.path.join(workdir, "config.json")
   deadline = time.time() + 200
   while time.time() < deadline and not os.path.exists(config_json):
@@ -114,6 +112,15 @@ def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_d
   for status, stderr in finish(launched):
     assert status == 128 + signal.SIGTERM, stderr[-3000:]
     stopped.append(int(stderr.split("saved a checkpoint at step ")[1].split(";")[0]))
+  return stopped
+
+
+@pytest.mark.long  # ~3 min: four training processes, two evaluations and a reference run
+def test_two_processes_match_one_process_stop_together_and_evaluate(mnist_data_dir, tmp_path):
+  cache = str(tmp_path / "cache")
+  workdir = str(tmp_path / "two_processes")
+  stopped = preempt_process_1(train_command(mnist_data_dir, workdir), workdir,
+                              str(tmp_path / "first"), cache)
   assert stopped[0] == stopped[1] < STEPS, stopped  # the same step on both
   # Both processes re-run the same command: they resume, finish, and evaluate (the
   # end-of-run evaluation once hung here: process 0 alone opened Orbax's manager).

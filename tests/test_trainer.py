@@ -140,7 +140,7 @@ def test_the_on_device_loop_has_a_static_trip_count():
   model = models.create_model(config)
   state = training.dp.put_state(train_step_lib.create_train_state(
       model, train_step_lib.create_optimizer(config, 4, 8), jax.random.key(0), (28, 28, 1)))
-  permutation = trainer._epoch_permutation(jax.random.key(1), 0, 64)  # pylint: disable=protected-access
+  permutation = train_step_lib.epoch_permutation(jax.random.key(1), 0, 64)
   for count in (4, 2):
     compiled = training._run.lower(  # pylint: disable=protected-access
         state, training.data, permutation, np.int32(0), count, jax.random.key(2)).compile()

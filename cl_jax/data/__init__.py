@@ -153,9 +153,18 @@ class Split:
     """The examples at `index` (a slice or an index array), as a Split."""
     return Split(images=self.images[index], labels=self.labels[index])
 
+  @property
+  def image_shape(self):
+    """(H, W, C) of every image."""
+    return self.images.shape[1:]
+
+  def with_labels(self, labels):
+    """The same images with `labels` instead."""
+    return Split(images=self.images, labels=labels)
+
   def unlabelled(self):
     """The same images with every label hidden (-1)."""
-    return Split(images=self.images, labels=np.full(len(self), -1, self.labels.dtype))
+    return self.with_labels(np.full(len(self), -1, self.labels.dtype))
 
   def concatenate(self, other):
     """This split's examples followed by `other`'s."""
@@ -175,11 +184,19 @@ def to_float(images):
   return images.astype("float32") / 255.0
 
 
+def example_digest(image, label):
+  """SHA-256 of one example's (uint8 image bytes, int32 label): what orders a split."""
+  return hashlib.sha256(np.ascontiguousarray(image).tobytes() + np.int32(label).tobytes()).digest()
+
+
+def order_by_digest(digests):
+  """Indices sorting examples by their `example_digest`s; stable for equal ones."""
+  return np.array(sorted(range(len(digests)), key=digests.__getitem__), np.int64)
+
+
 def canonical_order(images, labels):
   """Indices sorting examples by SHA-256 of (image bytes, int32 label); stable for equal ones."""
-  digests = [hashlib.sha256(image.tobytes() + np.int32(label).tobytes()).digest()
-             for image, label in zip(images, labels)]
-  return np.array(sorted(range(len(digests)), key=digests.__getitem__), np.int64)
+  return order_by_digest([example_digest(image, label) for image, label in zip(images, labels)])
 
 
 def _hide_gpus_from_tensorflow():
@@ -195,6 +212,24 @@ def resize(image, image_size):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def source_examples(source, resize_to=0, chunk=1024):
+  """(uint8 image [H, W, C], label) of every example of a TFDS data source, in its stored
+  order, read `chunk` at a time; the images resized to `resize_to` square where it is > 0."""
+  for first in range(0, len(source), chunk):
+    for example in read_examples(source, range(first, min(first + chunk, len(source)))):
+      image = np.asarray(example["image"], np.uint8)
+      yield (resize(image, resize_to).numpy() if resize_to > 0 else image), example["label"]
+
+
+def read_examples(source, keys):
+  """The examples of a random-access source at `keys`, in one batched read where the source
+  has one (TFDS's data sources: `__getitems__`)."""
+  keys = [int(k) for k in keys]
+  if hasattr(source, "__getitems__"):
+    return source.__getitems__(keys)
+  return [source[k] for k in keys]
+
+
 def _read(builder, split, image_size):
   """The whole split as (uint8 images [N, H, W, C], int32 labels [N]); images of mixed
   sizes are resized to `image_size` square as they are read."""
@@ -203,6 +238,16 @@ def _read(builder, split, image_size):
   if mixed and image_size <= 0:
     raise MixedSizesError(f"{builder.name}'s images have no one size: set config.image_size "
                           "to resize them when loading")
+  if is_array_record(builder):  # TFDS reads these through a data source only
+    source = builder.as_data_source(split=split)
+    if not len(source):
+      raise ValueError(f"{builder.name}: split {split!r} is empty")
+    images, labels = None, np.empty(len(source), np.int32)
+    for i, (image, label) in enumerate(source_examples(source, image_size if mixed else 0)):
+      if images is None:
+        images = np.empty((len(source),) + image.shape, np.uint8)
+      images[i], labels[i] = image, label
+    return images, labels
   dataset = builder.as_dataset(split=split, shuffle_files=False)
   if mixed:
     dataset = dataset.map(lambda e: {"image": resize(e["image"], image_size),
@@ -232,7 +277,24 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False, i
       the probe fails within about 10 s).
     image_size: > 0: resize every image to this square (datasets of mixed sizes).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = prepared_builder(dataset, data_dir, download)
+  images, labels = _read(builder, split, image_size)
+  # The order of the stored images, so that a resize keeps "the first N" the same images
+  # (images of mixed sizes are resized as they are read, so theirs is of the resized ones).
+  order = canonical_order(images, labels)
+  if max_examples >= 0:
+    order = order[:max_examples]
+  images = images[order]
+  if image_size > 0 and images.shape[1:3] != (image_size, image_size):
+    images = np.concatenate([resize(images[i:i + 4096], image_size).numpy()
+                             for i in range(0, len(images), 4096)])
+  return Split(images=images, labels=labels[order])
+
+
+def prepared_builder(dataset, data_dir=None, download=False, file_format=None):
+  """The TFDS builder of `dataset`, prepared (downloaded first where `download` allows and
+  its host answers, in `file_format`: TFDS's default if None); raises
+  DatasetNotPreparedError, saying how to prepare it, otherwise."""
   data_dir = data_dir or None
   if not is_registered(dataset) and not _is_prepared(dataset, data_dir):
     raise DatasetNotPreparedError(f"TFDS knows no dataset '{dataset}' and none is prepared "
@@ -253,22 +315,18 @@ def load_split(dataset, split, data_dir=None, max_examples=-1, download=False, i
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and cannot be "
           f"downloaded: {host[0]}:{host[1]} does not answer (offline?). {fix}")
     try:
-      builder.download_and_prepare()
+      builder.download_and_prepare(file_format=file_format)
     except Exception as e:  # pylint: disable=broad-except
       raise DatasetNotPreparedError(
           f"TFDS dataset '{dataset}' is not prepared in {builder.data_dir} and could not be "
           f"downloaded ({type(e).__name__}). {fix}") from e
-  images, labels = _read(builder, split, image_size)
-  # The order of the stored images, so that a resize keeps "the first N" the same images
-  # (images of mixed sizes are resized as they are read, so theirs is of the resized ones).
-  order = canonical_order(images, labels)
-  if max_examples >= 0:
-    order = order[:max_examples]
-  images = images[order]
-  if image_size > 0 and images.shape[1:3] != (image_size, image_size):
-    images = np.concatenate([resize(images[i:i + 4096], image_size).numpy()
-                             for i in range(0, len(images), 4096)])
-  return Split(images=images, labels=labels[order])
+  return builder
+
+
+def is_array_record(builder):
+  """Whether a prepared builder's files are ArrayRecord (random access: `as_data_source`)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD
 
 
 def split_validation(train, validation_examples):

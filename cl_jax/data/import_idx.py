@@ -18,10 +18,14 @@ _DATASET = flags.DEFINE_string("dataset", "mnist",
                                "Registered TFDS name whose layout the files follow.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "TFDS data dir to write into (default: TFDS's own default).")
+_FILE_FORMAT = flags.DEFINE_enum("file_format", None, ["tfrecord", "array_record"],
+                                 "TFDS file format (default: TFDS's, tfrecord); array_record "
+                                 "for the streamed training path (config.data_placement).")
 
 
-def import_idx(src_dir, dataset="mnist", data_dir=None):
-  """Verifies the IDX files in `src_dir` and stores them as TFDS dataset `dataset`.
+def import_idx(src_dir, dataset="mnist", data_dir=None, file_format=None):
+  """Verifies the IDX files in `src_dir` and stores them as TFDS dataset `dataset`, in
+  `file_format` (TFDS's default, TFRecord, if None; "array_record" for the streamed path).
 
   The version and features are those of the registered TFDS builder, so the
   ordinary `tfds.load(dataset)` code path finds and reads the result. Returns
@@ -57,6 +61,7 @@ def import_idx(src_dir, dataset="mnist", data_dir=None):
       # Keep the files' order: evaluation protocols such as "first 8,000 test
       # images" refer to the canonical order.
       disable_shuffling=True,
+      file_format=file_format,
   )
   print(f"prepared {dataset} {builder_cls.VERSION} in {builder.data_dir}")
   return builder.data_dir
@@ -65,7 +70,7 @@ def import_idx(src_dir, dataset="mnist", data_dir=None):
 def main(argv):
   del argv
   try:
-    import_idx(_SRC.value, _DATASET.value, _DATA_DIR.value)
+    import_idx(_SRC.value, _DATASET.value, _DATA_DIR.value, _FILE_FORMAT.value)
   except (idx.IdxFormatError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
