@@ -65,7 +65,9 @@ def placement(config, data_dir, devices):
   size = pretraining_bytes(info, config)
   mine = next(d for d in devices if d.process_index == jax.process_index())
   too_large = size > AUTO_DEVICE_FRACTION * device_memory_bytes(mine)
-  readable = too_large and data.is_array_record(data.prepared_builder(config.dataset, data_dir))
+  # Process 0 alone reads the files' format: an error elsewhere would leave it waiting.
+  readable = (multihost.is_main_process() and too_large
+              and data.is_array_record(data.prepared_builder(config.dataset, data_dir)))
   [stream] = multihost.agree([readable])
   if too_large and not stream and multihost.is_main_process():
     logger.warning("the pre-training images (%.1f GiB) take more than %.0f%% of a device's "
@@ -120,22 +122,21 @@ class StreamedTraining:
 
   def _dispatch_permutation(self, epoch):
     """Starts epoch `epoch`'s permutation on the device (not waiting for it) unless it is
-    known; forgets those before `epoch` - 1. Called with the lock held."""
+    known. Called with the lock held."""
     if epoch not in self._permutations:
       self._permutations[epoch] = train_step_lib.epoch_permutation(
           self._shuffle_key, epoch, len(self.train))
-    for old in [e for e in self._permutations if e < epoch - 1]:
-      del self._permutations[old]
 
   def _permutation(self, epoch):
     """Epoch `epoch`'s permutation as NumPy (a reader's call)."""
     with self._lock:
-      self._dispatch_permutation(epoch)  # already there unless the readers are an epoch ahead
+      self._dispatch_permutation(epoch)  # already there: the loop dispatches them ahead
       permutation = self._permutations[epoch]
     if not isinstance(permutation, np.ndarray):
       permutation = np.asarray(permutation)  # waits for the device outside the lock
       with self._lock:
-        self._permutations[epoch] = permutation
+        if epoch in self._permutations:  # not forgotten meanwhile
+          self._permutations[epoch] = permutation
     return permutation
 
   def _local_batch(self, step):
@@ -160,16 +161,20 @@ class StreamedTraining:
     returns (state, metrics with a leading axis of 1), as OnDeviceTraining.run."""
     assert count == 1 and self._next_step in (None, step), (count, step, self._next_step)
     epoch = step // self.steps_per_epoch
+    if self._next_step is None:
+      self._shuffle_key = shuffle_key
+    if step % self.steps_per_epoch == 0 or self._next_step is None:
+      # The readers are at this step's epoch or later, up to `ahead` epochs on.
+      ahead = -(-self._read_options.prefetch_buffer_size // self.steps_per_epoch)
+      with self._lock:
+        for old in [e for e in self._permutations if e < epoch]:
+          del self._permutations[old]
+        for later in range(epoch, epoch + 1 + ahead):
+          self._dispatch_permutation(later)
     if self._batches is None:
       import grain  # pylint: disable=g-import-not-at-top  (the streamed path only)
-      self._shuffle_key = shuffle_key
-      with self._lock:
-        self._dispatch_permutation(epoch)
       steps = grain.MapDataset.range(step, self.schedule_steps).map(self._local_batch)
       self._batches = iter(steps.to_iter_dataset(self._read_options))
-    if step % self.steps_per_epoch == 0 or self._next_step is None:
-      with self._lock:
-        self._dispatch_permutation(epoch + 1)
     read_step, shards = next(self._batches)
     assert read_step == step, (read_step, step)
     self._next_step = step + 1

@@ -230,6 +230,21 @@ def read_examples(source, keys):
   return [source[k] for k in keys]
 
 
+def record_source(builder, split, image_size):
+  """(the TFDS data source of `split` of a builder prepared as ArrayRecord files, the size
+  its images are resized to as they are read: `image_size` where they have no one size,
+  else 0); MixedSizesError where they have none and `image_size` is 0, ValueError where the
+  split is empty."""
+  mixed = None in builder.info.features["image"].shape[:2]
+  if mixed and image_size <= 0:
+    raise MixedSizesError(f"{builder.name}'s images have no one size: set config.image_size "
+                          "to resize them when loading")
+  source = builder.as_data_source(split=split)
+  if not len(source):
+    raise ValueError(f"{builder.name}: split {split!r} is empty")
+  return source, image_size if mixed else 0
+
+
 def _read(builder, split, image_size):
   """The whole split as (uint8 images [N, H, W, C], int32 labels [N]); images of mixed
   sizes are resized to `image_size` square as they are read."""
@@ -239,11 +254,9 @@ def _read(builder, split, image_size):
     raise MixedSizesError(f"{builder.name}'s images have no one size: set config.image_size "
                           "to resize them when loading")
   if is_array_record(builder):  # TFDS reads these through a data source only
-    source = builder.as_data_source(split=split)
-    if not len(source):
-      raise ValueError(f"{builder.name}: split {split!r} is empty")
+    source, resize_to = record_source(builder, split, image_size)
     images, labels = None, np.empty(len(source), np.int32)
-    for i, (image, label) in enumerate(source_examples(source, image_size if mixed else 0)):
+    for i, (image, label) in enumerate(source_examples(source, resize_to)):
       if images is None:
         images = np.empty((len(source),) + image.shape, np.uint8)
       images[i], labels[i] = image, label
@@ -348,11 +361,18 @@ def class_names(dataset, data_dir=None):
   return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
 
 
+def split_name(config, split, data_dir):
+  """The TFDS name of `split` of config.dataset: itself, or for "test" the dataset's test
+  split (`DatasetInfo.test_split`)."""
+  if split == "test":
+    return dataset_info(config.dataset, data_dir, config.image_size).test_split
+  return split
+
+
 def load_for(config, split, data_dir, max_examples=-1):
   """`load_split` of config.dataset with the config's download and resize settings; `split`
-  names a TFDS split, or "test" the dataset's test split (`DatasetInfo.test_split`)."""
-  if split == "test":
-    split = dataset_info(config.dataset, data_dir, config.image_size).test_split
+  names a TFDS split, or "test" the dataset's test split (`split_name`)."""
+  split = split_name(config, split, data_dir)
   return load_split(config.dataset, split, data_dir, max_examples,
                     download=config.data_download, image_size=config.image_size)
 

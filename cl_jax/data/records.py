@@ -83,9 +83,7 @@ def load_for(config, split, data_dir):
   canonical order: the order of `data.load_for`'s, from one pass that reads every example
   once (to hash it; the images are not kept). The dataset must be prepared as ArrayRecord
   files (downloaded so where config.data_download allows)."""
-  info = data.dataset_info(config.dataset, data_dir, config.image_size)
-  if split == "test":
-    split = info.test_split
+  split = data.split_name(config, split, data_dir)
   builder = data.prepared_builder(config.dataset, data_dir, config.data_download, FILE_FORMAT)
   if not data.is_array_record(builder):
     raise data.DatasetNotPreparedError(
@@ -95,19 +93,13 @@ def load_for(config, split, data_dir):
         f"`tfds build {config.dataset} --file_format={FILE_FORMAT}` (or `python -m "
         f"cl_jax.data.import_idx ... --file_format={FILE_FORMAT}`), or set "
         "config.data_placement='device'")
-  source = builder.as_data_source(split=split)
-  mixed = None in builder.info.features["image"].shape[:2]
-  if mixed and config.image_size <= 0:
-    raise data.MixedSizesError(f"{config.dataset}'s images have no one size: set "
-                               "config.image_size to resize them when loading")
-  digests, labels = [], np.empty(len(source), np.int32)
   # data.load_split orders images of mixed sizes after resizing them, the others before.
-  for i, (image, label) in enumerate(data.source_examples(source,
-                                                          config.image_size if mixed else 0)):
+  source, resize_to = data.record_source(builder, split, config.image_size)
+  digests, labels = [], np.empty(len(source), np.int32)
+  for i, (image, label) in enumerate(data.source_examples(source, resize_to)):
     digests.append(data.example_digest(image, label))
     labels[i] = label
-  if not digests:
-    raise ValueError(f"{config.dataset}: split {split!r} is empty")
   order = data.order_by_digest(digests)
+  image_shape = data.dataset_info(config.dataset, data_dir, config.image_size).image_shape
   return RecordSplit([source], np.zeros(len(order), np.int32), order, labels[order],
-                     info.image_shape, config.image_size)
+                     image_shape, config.image_size)
