@@ -97,16 +97,24 @@ def _flatten(tree, prefix=""):
   return flat
 
 
+def flat_config(config_json, defaults=None):
+  """A config's JSON as {"field.subfield": value}; with `defaults` (a config), each field it
+  lacks (added to the code since it was saved) as its value in `defaults`."""
+  flat = _flatten(json.loads(config_json))
+  if defaults is None:
+    return flat
+  return {**{k: v for k, v in _flatten(json.loads(defaults.to_json())).items() if k not in flat},
+          **flat}
+
+
 def config_differences(saved_config_json, config, defaults=None):
   """Fields (other than RESUMABLE_CHANGES) whose values differ: {field: (saved, now)}.
 
   A field the saved config lacks (added to the code since) counts as its value in
   `defaults` (a config; each new field's default is what runs did before it existed).
   """
-  saved = _flatten(json.loads(saved_config_json))
-  now = _flatten(json.loads(config.to_json()))
-  default = _flatten(json.loads(defaults.to_json())) if defaults is not None else {}
-  saved = {**{k: v for k, v in default.items() if k not in saved}, **saved}
+  saved = flat_config(saved_config_json, defaults)
+  now = flat_config(config.to_json())
   return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
           if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_CHANGES
           and saved.get(k) != now.get(k)}

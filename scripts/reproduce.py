@@ -30,6 +30,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
+from cl_jax import checkpointing
 from cl_jax import config_files
 from cl_jax import default_config
 
@@ -109,17 +110,6 @@ def command_config(command):
   return flag_values.config
 
 
-def with_defaults(saved, defaults):
-  """A saved config (nested dicts) with each field it lacks taken from `defaults`."""
-  merged = dict(saved)
-  for key, default in defaults.items():
-    if key not in saved:
-      merged[key] = default
-    elif isinstance(default, dict) and isinstance(saved[key], dict):
-      merged[key] = with_defaults(saved[key], default)
-  return merged
-
-
 def ran_same_config(workdir, command):
   """Whether WORKDIR/config.json (the config its run trained with, written by the trainer)
   is the config `command` gives now: catches a config file edited since the run. A field
@@ -130,9 +120,8 @@ def ran_same_config(workdir, command):
   if not os.path.exists(path):
     return False
   with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  defaults = json.loads(default_config.get_config().to_json())
-  return with_defaults(saved, defaults) == json.loads(command_config(command).to_json())
+    saved = checkpointing.flat_config(f.read(), default_config.get_config())
+  return saved == checkpointing.flat_config(command_config(command).to_json())
 
 
 def train(command, workdir, seed):
